@@ -1,0 +1,3 @@
+from snnrun.cli import main
+
+main()

@@ -1,0 +1,301 @@
+"""Configuration: YAML files and `--set` overrides into validated, typed dataclasses.
+
+Every section is a frozen dataclass whose fields carry their own rule (type, range,
+choices, documentation). `parse(cls, mapping, ...)` checks a mapping against it and
+raises `ConfigError` naming the file, the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config problem a person can fix: names the file, the key, the value and what is allowed."""
+
+    def __init__(self, message: str, *, source: str | None = None, key: str | None = None):
+        self.source = source
+        self.key = key
+        self.detail = message
+        where = ": ".join(part for part in (source, key) if part)
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+# --------------------------------------------------------------------------- fields
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """What one config key accepts."""
+
+    kind: str  # "number", "integer", "string", "bool", "choice", "list", "section", "any"
+    doc: str = ""
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: bool = False
+    choices: tuple[str, ...] = ()
+    nullable: bool = False
+    per_neuron: bool = False  # a number, or a list with one number per neuron
+    item_kind: str = "number"  # for kind == "list"
+    min_items: int = 0
+
+    def allowed(self) -> str:
+        if self.kind == "choice":
+            text = "one of " + ", ".join(self.choices)
+        elif self.kind in ("number", "integer"):
+            noun = "an integer" if self.kind == "integer" else "a number"
+            text = noun + _range_text(self)
+            if self.per_neuron:
+                text += ", or a list with one such value per neuron"
+        elif self.kind == "list":
+            noun = "integers" if self.item_kind == "integer" else "numbers"
+            text = f"a list of {noun}" + _range_text(self)
+            if self.min_items:
+                text += f" with at least {self.min_items} item(s)"
+        elif self.kind == "bool":
+            text = "true or false"
+        elif self.kind == "string":
+            text = "a string"
+        else:
+            text = "a mapping"
+        return text + (", or null" if self.nullable else "")
+
+
+def _range_text(rule: Rule) -> str:
+    lo, hi = rule.minimum, rule.maximum
+    if lo is not None and hi is not None:
+        return f" in [{_fmt(lo)}, {_fmt(hi)}]"
+    if lo is not None:
+        return f" {'>' if rule.exclusive_minimum else '>='} {_fmt(lo)}"
+    if hi is not None:
+        return f" <= {_fmt(hi)}"
+    return ""
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def field(default: Any, kind: str, doc: str = "", **rule: Any) -> Any:
+    """A dataclass field with its validation rule (mutable defaults are copied)."""
+    meta = {"rule": Rule(kind=kind, doc=doc, **rule)}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda d=default: _copy(d), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _copy(value: Any) -> Any:
+    return yaml.safe_load(yaml.safe_dump(value))
+
+
+def number(default, doc="", **rule):
+    return field(default, "number", doc, **rule)
+
+
+def integer(default, doc="", **rule):
+    return field(default, "integer", doc, **rule)
+
+
+def choice(default, choices: Iterable[str], doc=""):
+    return field(default, "choice", doc, choices=tuple(choices))
+
+
+def rule_of(f: dataclasses.Field) -> Rule:
+    return f.metadata.get("rule", Rule("section"))
+
+
+# --------------------------------------------------------------------------- checking
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a mapping", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def check_value(value: Any, rule: Rule, key: str, source: str | None) -> Any:
+    """Return `value` converted to the rule's type, or raise ConfigError."""
+
+    def fail(why: str = "") -> ConfigError:
+        shown = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+        reason = why or f"got {_type_name(value)}"
+        return ConfigError(f"{shown} is not allowed ({reason}); expected {rule.allowed()}", source=source, key=key)
+
+    if value is None:
+        if rule.nullable:
+            return None
+        raise fail()
+    if rule.kind in ("number", "integer"):
+        if rule.per_neuron and isinstance(value, list):
+            if not value:
+                raise fail("an empty list")
+            return [check_value(v, dataclasses.replace(rule, per_neuron=False, nullable=False), key, source)
+                    for v in value]
+        return _check_scalar(value, rule, fail)
+    if rule.kind == "list":
+        if not isinstance(value, list):
+            raise fail()
+        if len(value) < rule.min_items:
+            raise fail(f"{len(value)} item(s)")
+        item_rule = Rule(kind=rule.item_kind, minimum=rule.minimum, maximum=rule.maximum,
+                         exclusive_minimum=rule.exclusive_minimum)
+        return [_check_scalar(v, item_rule, fail) for v in value]
+    if rule.kind == "bool":
+        if not isinstance(value, bool):
+            raise fail()
+        return value
+    if rule.kind == "string":
+        if not isinstance(value, str) or not value:
+            raise fail()
+        return value
+    if rule.kind == "choice":
+        if not isinstance(value, str) or value not in rule.choices:
+            raise fail("not a known choice" if isinstance(value, str) else "")
+        return value
+    return value
+
+
+def _check_scalar(value: Any, rule: Rule, fail: Callable[..., ConfigError]) -> float | int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise fail()
+    if rule.kind == "integer":
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise fail("not a whole number")
+            value = int(value)
+    else:
+        value = float(value)
+    if not math.isfinite(value):
+        raise fail("not finite")
+    if rule.minimum is not None:
+        too_small = value <= rule.minimum if rule.exclusive_minimum else value < rule.minimum
+        if too_small:
+            raise fail("out of range")
+    if rule.maximum is not None and value > rule.maximum:
+        raise fail("out of range")
+    return value
+
+
+def parse(cls: type, data: Any, *, path: str = "", source: str | None = None,
+          sections: Mapping[str, Callable[[Any, str, str | None], Any]] | None = None) -> Any:
+    """Build dataclass `cls` from a mapping, checking every key against its rule.
+
+    `sections` maps a field name to a parser for a nested section (used where the
+    section's class depends on a value inside it, such as `neuron.model`).
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping of keys to values, got {_type_name(data)}",
+                          source=source, key=path or None)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        key = _join(path, str(unknown[0]))
+        allowed = ", ".join(fields)
+        hint = getattr(cls, "unknown_key_hint", "")
+        raise ConfigError(f"unknown key; allowed here: {allowed}{hint}", source=source, key=key)
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        key = _join(path, name)
+        if sections and name in sections:
+            values[name] = sections[name](data.get(name), key, source)
+        elif dataclasses.is_dataclass(f.type) or rule_of(f).kind == "section":
+            section_cls = _section_class(cls, name)
+            values[name] = parse(section_cls, data.get(name), path=key, source=source)
+        elif name in data:
+            values[name] = check_value(data[name], rule_of(f), key, source)
+    obj = cls(**values)
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        validate(path=path, source=source)
+    return obj
+
+
+def _section_class(cls: type, name: str) -> type:
+    hints = {f.name: f.type for f in dataclasses.fields(cls)}
+    section = hints[name]
+    if isinstance(section, str):  # postponed annotations: resolve in the class's module
+        import sys
+
+        section = eval(section, vars(sys.modules[cls.__module__]))  # noqa: S307 - our own annotations
+    return section
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def per_neuron_values(obj: Any) -> dict[str, list]:
+    """The fields of a section given as one value per neuron (lists where a number is allowed too)."""
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)
+            if rule_of(f).per_neuron and isinstance(getattr(obj, f.name), list)}
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass config as plain YAML-ready data (the resolved config)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+# --------------------------------------------------------------------------- files and overrides
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping, with clear errors for a missing or unparsable file."""
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise ConfigError("no such config file" if not path.exists() else "not a file", source=source)
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+    except UnicodeDecodeError:
+        raise ConfigError("not a UTF-8 text file", source=source) from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or "invalid YAML"
+        raise ConfigError(f"cannot parse YAML{where}: {problem}", source=source) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"the file must hold a mapping of keys to values, not {_type_name(data)}", source=source)
+    return data
+
+
+def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
+    """Apply `KEY=VALUE` overrides (dotted keys, values parsed as YAML) to a copy of `data`."""
+    data = _copy(data) if data else {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"{item!r} is not KEY=VALUE (e.g. --set neuron.beta=0.9)", source="--set")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text  # not valid YAML: take it as the literal string, the schema decides
+        node = data
+        parts = key.split(".")
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"{'.'.join(parts[:depth + 1])} is a value, not a section", source="--set", key=key)
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def dump_yaml(data: Any) -> str:
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)

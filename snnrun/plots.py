@@ -1,0 +1,99 @@
+"""Figures a researcher looks at: traces, rasters, f-I curves. Each function writes one PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display needed, works headless and in CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+MAX_TRACES = 5  # membrane/current lines drawn in the three-panel figure
+MAX_RASTER_ROWS = 200
+
+
+def _time_label(unit: str) -> str:
+    return {"ms": "time (ms)", "s": "time (s)"}.get(unit, "time step")
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def current_membrane_spikes(result, path: Path, title: str = "", current_unit: str = "",
+                            membrane_unit: str = "") -> Path:
+    """Three panels sharing the time axis: input current, membrane with the threshold dashed, spike raster."""
+    time, unit = result.time, result.clock.unit
+    shown = min(result.membrane.shape[1], MAX_TRACES)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, (ax_i, ax_u, ax_s) = plt.subplots(3, 1, figsize=(9, 6.5), sharex=True,
+                                           gridspec_kw={"height_ratios": [1, 2, 0.4 + 0.25 * shown]})
+    for k in range(shown):
+        label = f"neuron {k}" if shown > 1 else None
+        ax_i.plot(time, result.current[:, k], color=colors[k % len(colors)], lw=1.2, label=label)
+        ax_u.plot(time, result.membrane[:, k], color=colors[k % len(colors)], lw=1.2)
+    for k, thr in enumerate(np.unique(result.threshold[:shown])):
+        ax_u.axhline(thr, color="black", ls="--", lw=1, label="threshold" if k == 0 else None)
+    spike_rows = [time[result.spikes[:, k]] for k in range(shown)]
+    ax_s.eventplot(spike_rows, colors=[colors[k % len(colors)] for k in range(shown)], lineoffsets=range(shown),
+                   linelengths=0.8)
+    ax_i.set_ylabel(f"input current{f' ({current_unit})' if current_unit else ''}")
+    ax_u.set_ylabel(f"membrane{f' ({membrane_unit})' if membrane_unit else ''}")
+    ax_s.set_ylabel("spikes")
+    ax_s.set_yticks(range(shown) if shown > 1 else [])
+    ax_s.set_ylim(-0.6, shown - 0.4)
+    ax_s.set_xlabel(_time_label(unit))
+    ax_s.set_xlim(time[0], time[-1] + result.clock.dt)
+    ax_u.legend(loc="lower right", frameon=True, framealpha=0.9)
+    if shown > 1:
+        ax_i.legend(loc="upper left", frameon=False, ncol=shown, fontsize="small")
+    for ax in (ax_i, ax_u):
+        ax.grid(alpha=0.3)
+    if title:
+        ax_i.set_title(title)
+    fig.align_ylabels()
+    return _save(fig, path)
+
+
+def raster(result, path: Path, title: str = "") -> Path:
+    """Spike raster of the recorded population with its firing rate over time below."""
+    spikes = result.spikes[:, :MAX_RASTER_ROWS]
+    steps, rows = spikes.shape
+    step_idx, neuron_idx = np.nonzero(spikes)
+    fig, (ax_r, ax_p) = plt.subplots(2, 1, figsize=(9, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax_r.scatter(result.time[step_idx], neuron_idx, s=max(0.5, 40 / max(rows, 1)), marker="|", color="black",
+                 linewidths=0.8)
+    ax_r.set_ylabel("neuron")
+    ax_r.set_ylim(-0.5, rows - 0.5)
+    bins = min(steps, 100)
+    counts, edges = np.histogram(result.time[step_idx], bins=bins, range=(result.time[0], result.time[-1]
+                                                                                  + result.clock.dt))
+    width = edges[1] - edges[0]
+    per_unit = counts / (rows * width)
+    if result.clock.seconds:
+        per_unit = per_unit / result.clock.seconds
+    ax_p.step(edges[:-1], per_unit, where="post", color="tab:blue")
+    ax_p.set_ylabel("rate (Hz)" if result.clock.seconds else "spikes/step")
+    ax_p.set_xlabel(_time_label(result.clock.unit))
+    ax_p.grid(alpha=0.3)
+    shown = f" (first {rows} of {result.metrics['population']['neurons']})" if (
+        rows < result.metrics["population"]["neurons"]) else ""
+    ax_r.set_title((title + " — " if title else "") + f"spike raster{shown}")
+    return _save(fig, path)
+
+
+def fi_curve(amplitude: np.ndarray, rate: np.ndarray, path: Path, rate_unit: str, current_unit: str = "",
+             title: str = "") -> Path:
+    """Firing rate against input amplitude, one point per neuron."""
+    order = np.argsort(amplitude)
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.plot(amplitude[order], rate[order], "o-", ms=4)
+    ax.set_xlabel(f"input amplitude{f' ({current_unit})' if current_unit else ''}")
+    ax.set_ylabel(f"firing rate ({rate_unit})")
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "f–I curve")
+    return _save(fig, path)

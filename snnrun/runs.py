@@ -1,0 +1,130 @@
+"""Run folders: one per run, named by time, never reused, written so nothing is half-done.
+
+`StagedRun(parent, name)` builds a run in a hidden folder and moves it into place
+under its final name only when everything is written, so a failed or interrupted
+run leaves no half-written folder behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from snnrun import __version__
+
+
+def folder_name(name: str, now: _dt.datetime | None = None) -> str:
+    """`<YYYY-MM-DD_HH-MM-SS>_<name>` with the name made safe for a path."""
+    now = now or _dt.datetime.now()
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "run"
+    return f"{now:%Y-%m-%d_%H-%M-%S}_{safe}"
+
+
+def claim_run_dir(parent: Path, name: str, now: _dt.datetime | None = None) -> Path:
+    """Create and return a new, empty run folder; a clash in the same second gets a suffix."""
+    parent.mkdir(parents=True, exist_ok=True)
+    base = folder_name(name, now)
+    for attempt in range(1, 10_000):
+        path = parent / (base if attempt == 1 else f"{base}-{attempt}")
+        try:
+            path.mkdir()  # atomic: two processes can never both create the same folder
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free run folder name under {parent} for {base}")
+
+
+class StagedRun:
+    """Build a run in a hidden staging folder; move it to a new run folder only on success.
+
+    with StagedRun(parent, name) as run:
+        ...write into run.path...
+    run.final  # the run folder; on any error the staging folder is removed instead
+    """
+
+    def __init__(self, parent: Path, name: str):
+        self.parent, self.name = Path(parent), name
+        self.final: Path | None = None
+
+    def __enter__(self) -> StagedRun:
+        self.parent.mkdir(parents=True, exist_ok=True)
+        self.path = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.parent))
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        final = claim_run_dir(self.parent, self.name)
+        try:
+            os.replace(self.path, final)  # replaces the empty claimed folder
+        except OSError:
+            shutil.rmtree(self.path, ignore_errors=True)
+            final.rmdir()
+            raise
+        self.final = final
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a file atomically: a reader sees the old content or the new, never a torn one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, allow_nan=False, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def environment(device: str | None = None) -> dict:
+    """Library versions, machine, command line and git commit: what a reader needs to reproduce a run."""
+    import numpy
+    import torch
+
+    versions = {"snnrun": __version__, "python": platform.python_version(), "torch": torch.__version__,
+                "numpy": numpy.__version__}
+    for module in ("torchvision", "matplotlib", "typer", "yaml", "rich"):
+        with contextlib.suppress(Exception):
+            versions[module] = getattr(__import__(module), "__version__", "unknown")
+    return {
+        "command_line": [Path(sys.argv[0]).name, *sys.argv[1:]],
+        "cwd": os.getcwd(),
+        "versions": versions,
+        "device": device,
+        "cuda_available": torch.cuda.is_available(),
+        "threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "hostname": socket.gethostname(),
+        "git_commit": _git_commit(),
+        "started": _dt.datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
