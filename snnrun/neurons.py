@@ -187,7 +187,7 @@ def lif_step(current: Tensor, state: LIFState, p: LIFParameters,
     spikes = spike_fn(v - p.v_thresh_mv) * active
     fired = spikes > 0
     v = torch.where(fired, torch.as_tensor(p.v_reset_mv, dtype=v.dtype, device=v.device), v)
-    left = torch.where(fired, p.refractory_steps, state.refractory_left - 1).clamp_(min=0)
+    left = torch.where(fired, p.refractory_steps - 1, state.refractory_left - 1).clamp_(min=0)
     return spikes, LIFState(v, left)
 
 

@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display needed, works headless and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 MAX_TRACES = 5  # membrane/current lines drawn in the three-panel figure
 MAX_RASTER_ROWS = 200
@@ -34,7 +35,8 @@ def current_membrane_spikes(result, path: Path, title: str = "", current_unit: s
                                            gridspec_kw={"height_ratios": [1, 2, 0.4 + 0.25 * shown]})
     for k in range(shown):
         label = f"neuron {k}" if shown > 1 else None
-        ax_i.plot(time, result.current[:, k], color=colors[k % len(colors)], lw=1.2, label=label)
+        ax_i.plot(time, result.current[:, k], color=colors[k % len(colors)], lw=1.2, label=label,
+                  drawstyle="steps-post")
         ax_u.plot(time, result.membrane[:, k], color=colors[k % len(colors)], lw=1.2)
     for k, thr in enumerate(np.unique(result.threshold[:shown])):
         ax_u.axhline(thr, color="black", ls="--", lw=1, label="threshold" if k == 0 else None)
@@ -65,8 +67,9 @@ def raster(result, path: Path, title: str = "") -> Path:
     steps, rows = spikes.shape
     step_idx, neuron_idx = np.nonzero(spikes)
     fig, (ax_r, ax_p) = plt.subplots(2, 1, figsize=(9, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    ax_r.scatter(result.time[step_idx], neuron_idx, s=max(0.5, 40 / max(rows, 1)), marker="|", color="black",
-                 linewidths=0.8)
+    ax_r.scatter(result.time[step_idx], neuron_idx, s=min(120.0, max(2.0, 3000 / max(rows, 1))), marker="|",
+                 color="black", linewidths=1.0)
+    ax_r.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax_r.set_ylabel("neuron")
     ax_r.set_ylim(-0.5, rows - 0.5)
     bins = min(steps, 100)
@@ -79,6 +82,7 @@ def raster(result, path: Path, title: str = "") -> Path:
     ax_p.step(edges[:-1], per_unit, where="post", color="tab:blue")
     ax_p.set_ylabel("rate (Hz)" if result.clock.seconds else "spikes/step")
     ax_p.set_xlabel(_time_label(result.clock.unit))
+    ax_p.set_ylim(bottom=0)
     ax_p.grid(alpha=0.3)
     shown = f" (first {rows} of {result.metrics['population']['neurons']})" if (
         rows < result.metrics["population"]["neurons"]) else ""
