@@ -60,11 +60,11 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except ConfigError as error:
-            err.print(f"[bold red]error:[/bold red] {error}", highlight=False)
+            err.print(f"[bold red]error:[/bold red] {error}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except OSError as error:
             where = f": {error.filename}" if getattr(error, "filename", None) else ""
-            err.print(f"[bold red]error:[/bold red] {error.strerror or error}{where}", highlight=False)
+            err.print(f"[bold red]error:[/bold red] {error.strerror or error}{where}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/yellow]")

@@ -6,7 +6,8 @@ It prints nothing: it reports progress through a callback and returns what it ma
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +46,28 @@ def load_simulation_config(path: Path | None, overrides: list[str], current: str
     data = apply_overrides(data, overrides)
     if device is not None:
         data["device"] = device
-    return parse_simulation(data, source)
+    with blame_overrides(overrides, device):
+        cfg = parse_simulation(data, source)
+        resolve_device(cfg.device, source=source)  # a device this machine lacks is an error before any work starts
+    return cfg
+
+
+@contextlib.contextmanager
+def blame_overrides(overrides: list[str], device: str | None) -> Iterator[None]:
+    """Name the command-line option, not the file, when the bad value came from `--set` or `--device`."""
+    try:
+        yield
+    except ConfigError as error:
+        given = {item.partition("=")[0].strip(): item for item in overrides}
+        if device is not None:
+            given["device"] = f"--device {device}"
+        key = error.key or ""
+        origin = next((item for k, item in given.items() if key == k or key.startswith(k + ".")), None)
+        if origin is None:
+            raise
+        option = origin if origin.startswith("--") else f"--set {origin}"
+        source = f"{error.source} ({option})" if error.source else option
+        raise ConfigError(error.detail, source=source, key=error.key) from None
 
 
 def run_simulation(cfg: SimulationConfig, out: Path, progress: Callable[[int], None] | None = None) -> SimulationRun:

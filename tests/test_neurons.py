@@ -68,8 +68,8 @@ def test_leaky_does_not_fire_at_exactly_threshold():
 
 
 def test_leaky_decays_without_input():
-    _, mem = run(leaky_step, LeakyParameters(0.8, 1.0, "subtract"), LeakyState(torch.tensor([0.5], dtype=torch.float64)),
-                 [0, 0])
+    start = LeakyState(torch.tensor([0.5], dtype=torch.float64))
+    _, mem = run(leaky_step, LeakyParameters(0.8, 1.0, "subtract"), start, [0, 0])
     assert mem == pytest.approx([0.4, 0.32])
 
 
@@ -169,6 +169,6 @@ def test_lif_refractory_steps_round_like_brian2():
 
 def test_lif_first_spike_of_a_step_current_matches_the_closed_form():
     # v(t) = -45 - 20 e^(-t/10): crosses -50 when e^(-t/10) < 1/4, i.e. t > 13.86 ms -> the 14th update (index 13)
-    spikes, _ = lif([2.0] * 20, v0=-65.0, tau_ms=10.0, v_rest_mv=-65.0, v_reset_mv=-65.0, v_thresh_mv=-50.0, r_mohm=10.0,
-                    dt_ms=1.0)
+    spikes, _ = lif([2.0] * 20, v0=-65.0, tau_ms=10.0, v_rest_mv=-65.0, v_reset_mv=-65.0, v_thresh_mv=-50.0,
+                    r_mohm=10.0, dt_ms=1.0)
     assert spikes.index(1) == 13

@@ -85,7 +85,7 @@ def test_synaptic_matches_snntorch(reset):
 
 def brian2_lif(amplitudes_na, steps, dt_ms, method, refractory_ms, onset, offset):
     b2 = pytest.importorskip("brian2")
-    from brian2 import Network, NeuronGroup, SpikeMonitor, StateMonitor, TimedArray, mV, ms, nA, ohm
+    from brian2 import Network, NeuronGroup, SpikeMonitor, StateMonitor, TimedArray, ms, mV, nA, ohm
 
     b2.prefs.codegen.target = "numpy"  # no compiler needed, same arithmetic
     b2.defaultclock.dt = dt_ms * ms

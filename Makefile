@@ -1,0 +1,35 @@
+# snnrun developer tasks. `make help` lists them; every target builds the environment it needs first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+# The torch build installed into the environment (pyproject only asks for torch>=2.3).
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+STAMP  := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install test lint simulate clean
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+install: $(STAMP) ## Create .venv (Python 3.11) with snnrun, its dev tools and the peers (snnTorch, Brian2)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install $(TORCH)
+	$(BIN)/python -m pip install -e '.[dev,peers]'
+	touch $@
+
+test: $(STAMP) ## Run the test suite (builds the environment if missing)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP) ## Check the code with ruff
+	$(BIN)/ruff check .
+
+simulate: $(STAMP) ## Run the default simulation (configs/step.yaml) into outputs/simulate/
+	$(BIN)/snnrun simulate
+
+clean: ## Remove the environment and caches (keeps outputs/ and data/)
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
