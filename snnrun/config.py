@@ -299,3 +299,16 @@ def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
 
 def dump_yaml(data: Any) -> str:
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
+
+
+def reference_rows(cls: type, prefix: str = "") -> list[str]:
+    """Markdown table rows documenting every key of a section: key, default, allowed values, meaning."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        rule = rule_of(f)
+        if rule.kind == "section":
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        shown = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
+        rows.append(f"| `{prefix}{f.name}` | `{shown}` | {rule.allowed()} | {rule.doc} |")
+    return rows

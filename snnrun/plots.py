@@ -29,24 +29,26 @@ def current_membrane_spikes(result, path: Path, title: str = "", current_unit: s
                             membrane_unit: str = "") -> Path:
     """Three panels sharing the time axis: input current, membrane with the threshold dashed, spike raster."""
     time, unit = result.time, result.clock.unit
-    shown = min(result.membrane.shape[1], MAX_TRACES)
+    # For a population, neurons spread evenly over the recorded ones (an f-I run shows low to high drive).
+    picked = np.unique(np.linspace(0, result.membrane.shape[1] - 1, MAX_TRACES).round().astype(int))
+    shown = len(picked)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     fig, (ax_i, ax_u, ax_s) = plt.subplots(3, 1, figsize=(9, 6.5), sharex=True,
                                            gridspec_kw={"height_ratios": [1, 2, 0.4 + 0.25 * shown]})
-    for k in range(shown):
+    for row, k in enumerate(picked):
+        color = colors[row % len(colors)]
         label = f"neuron {k}" if shown > 1 else None
-        ax_i.plot(time, result.current[:, k], color=colors[k % len(colors)], lw=1.2, label=label,
-                  drawstyle="steps-post")
-        ax_u.plot(time, result.membrane[:, k], color=colors[k % len(colors)], lw=1.2)
-    for k, thr in enumerate(np.unique(result.threshold[:shown])):
-        ax_u.axhline(thr, color="black", ls="--", lw=1, label="threshold" if k == 0 else None)
-    spike_rows = [time[result.spikes[:, k]] for k in range(shown)]
-    ax_s.eventplot(spike_rows, colors=[colors[k % len(colors)] for k in range(shown)], lineoffsets=range(shown),
+        ax_i.plot(time, result.current[:, k], color=color, lw=1.2, label=label, drawstyle="steps-post")
+        ax_u.plot(time, result.membrane[:, k], color=color, lw=1.2)
+    for row, thr in enumerate(np.unique(result.threshold[picked])):
+        ax_u.axhline(thr, color="black", ls="--", lw=1, label="threshold" if row == 0 else None)
+    spike_rows = [time[result.spikes[:, k]] for k in picked]
+    ax_s.eventplot(spike_rows, colors=[colors[row % len(colors)] for row in range(shown)], lineoffsets=range(shown),
                    linelengths=0.8)
     ax_i.set_ylabel(f"input current{f' ({current_unit})' if current_unit else ''}")
     ax_u.set_ylabel(f"membrane{f' ({membrane_unit})' if membrane_unit else ''}")
     ax_s.set_ylabel("spikes")
-    ax_s.set_yticks(range(shown) if shown > 1 else [])
+    ax_s.set_yticks(range(shown) if shown > 1 else [], [str(k) for k in picked] if shown > 1 else [])
     ax_s.set_ylim(-0.6, shown - 0.4)
     ax_s.set_xlabel(_time_label(unit))
     ax_s.set_xlim(time[0], time[-1] + result.clock.dt)

@@ -22,6 +22,7 @@ from snnrun.stimulus import parse_stimulus
 Tensor = torch.Tensor
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+MODEL_NAMES = ("leaky", "lapicque", "synaptic", "lif")
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ def _beta_rule(doc):
 
 @dataclass(frozen=True)
 class LeakyNeuron:
-    model: str = choice("leaky", ["leaky"])
+    model: str = choice("leaky", MODEL_NAMES, "neuron model (chooses the keys below)")
     beta: float | list | None = _beta_rule("membrane decay per step (default 0.8; or give tau and dt)")
     tau: float | list | None = number(None, "membrane time constant; beta = exp(-dt/tau)", minimum=0,
                                       exclusive_minimum=True, per_neuron=True, nullable=True)
@@ -77,7 +78,7 @@ class LeakyNeuron:
 
 @dataclass(frozen=True)
 class LapicqueNeuron:
-    model: str = choice("lapicque", ["lapicque"])
+    model: str = choice("lapicque", MODEL_NAMES, "neuron model (chooses the keys below)")
     R: float | list = number(5.0, "resistance", minimum=0, exclusive_minimum=True, per_neuron=True)
     C: float | list = number(1e-3, "capacitance", minimum=0, exclusive_minimum=True, per_neuron=True)
     time_step: float = number(1e-3, "step length in seconds (forward Euler)", minimum=0, exclusive_minimum=True)
@@ -106,7 +107,7 @@ class LapicqueNeuron:
 
 @dataclass(frozen=True)
 class SynapticNeuron:
-    model: str = choice("synaptic", ["synaptic"])
+    model: str = choice("synaptic", MODEL_NAMES, "neuron model (chooses the keys below)")
     alpha: float | list = number(0.9, "synaptic current decay per step", minimum=0, maximum=1, per_neuron=True)
     beta: float | list = number(0.8, "membrane decay per step", minimum=0, maximum=1, per_neuron=True)
     threshold: float | list = number(1.0, "firing threshold", minimum=0, exclusive_minimum=True, per_neuron=True)
@@ -123,7 +124,7 @@ class SynapticNeuron:
 
 @dataclass(frozen=True)
 class LIFNeuron:
-    model: str = choice("lif", ["lif"])
+    model: str = choice("lif", MODEL_NAMES, "neuron model (chooses the keys below)")
     tau_ms: float | list = number(10.0, "membrane time constant (ms)", minimum=0, exclusive_minimum=True,
                                   per_neuron=True)
     v_rest_mv: float | list = number(-65.0, "resting potential (mV)", per_neuron=True)

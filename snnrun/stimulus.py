@@ -39,7 +39,7 @@ def _check_offset(stimulus, path: str, source: str | None) -> None:
 class Step:
     """`amplitude` from step `onset` until step `offset` (exclusive; null: to the end)."""
 
-    kind: str = choice("step", ["step"])
+    kind: str = choice("step", KINDS, "stimulus kind (chooses the keys below)")
     amplitude: float | list = number(0.21, "current while on", per_neuron=True)
     onset: int = integer(10, "first step with current", minimum=0)
     offset: int | None = integer(None, "first step without current again (null: never)", minimum=0, nullable=True)
@@ -57,7 +57,7 @@ class Step:
 class Pulse:
     """`amplitude` for `width` steps starting at each step in `steps`."""
 
-    kind: str = choice("pulse", ["pulse"])
+    kind: str = choice("pulse", KINDS, "stimulus kind (chooses the keys below)")
     amplitude: float | list = number(1.2, "current during a pulse", per_neuron=True)
     steps: list = field([20, 60, 100, 140], "list", "steps at which a pulse starts", item_kind="integer",
                         minimum=0, min_items=1)
@@ -75,7 +75,7 @@ class Piecewise:
     """`values[k]` during steps [k*segment_steps, (k+1)*segment_steps); the last value holds after
     the end, as Brian2's TimedArray does."""
 
-    kind: str = choice("piecewise", ["piecewise"])
+    kind: str = choice("piecewise", KINDS, "stimulus kind (chooses the keys below)")
     values: list = field([0.0, 0.15, 0.25, 0.5], "list", "current of each segment", min_items=1)
     segment_steps: int = integer(50, "steps per segment", minimum=1)
 
@@ -90,7 +90,7 @@ class Ramp:
     """Linear from `start` at step `onset` to `amplitude` at step `offset` (null: the last step),
     zero before onset, held at `amplitude` after offset."""
 
-    kind: str = choice("ramp", ["ramp"])
+    kind: str = choice("ramp", KINDS, "stimulus kind (chooses the keys below)")
     amplitude: float | list = number(0.5, "current at the end of the ramp", per_neuron=True)
     start: float = number(0.0, "current at the onset")
     onset: int = integer(10, "step where the ramp starts", minimum=0)
@@ -112,7 +112,7 @@ class Ramp:
 class Sine:
     """bias + amplitude*sin(2*pi*(t - onset)/period + phase) from step `onset` on."""
 
-    kind: str = choice("sine", ["sine"])
+    kind: str = choice("sine", KINDS, "stimulus kind (chooses the keys below)")
     amplitude: float | list = number(0.2, "peak deviation from the bias", per_neuron=True)
     bias: float = number(0.15, "mean current")
     period: float = number(50.0, "steps per cycle", minimum=0, exclusive_minimum=True)
@@ -130,7 +130,7 @@ class Sine:
 class Poisson:
     """Independent spike trains: each step each neuron receives `amplitude` with probability `p`."""
 
-    kind: str = choice("poisson", ["poisson"])
+    kind: str = choice("poisson", KINDS, "stimulus kind (chooses the keys below)")
     p: float | list = number(0.1, "spike probability per step", minimum=0, maximum=1, per_neuron=True)
     amplitude: float | list = number(0.5, "current delivered by one input spike", per_neuron=True)
     seed: int | None = integer(None, "seed of the spike trains (null: the config's seed)", nullable=True)
@@ -145,7 +145,7 @@ class Poisson:
 class NoStimulus:
     """No input: watch the initial membrane relax."""
 
-    kind: str = choice("none", ["none"])
+    kind: str = choice("none", KINDS, "stimulus kind (chooses the keys below)")
 
     def current(self, start, stop, neurons, time_steps, device, dtype, generator=None) -> Tensor:
         return torch.zeros((stop - start, neurons), device=device, dtype=dtype)
