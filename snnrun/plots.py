@@ -103,3 +103,96 @@ def fi_curve(amplitude: np.ndarray, rate: np.ndarray, path: Path, rate_unit: str
     ax.grid(alpha=0.3)
     ax.set_title(title or "f–I curve")
     return _save(fig, path)
+
+
+def training_curves(history: list[dict], path: Path, title: str = "") -> Path:
+    """Loss and accuracy per epoch, training and validation."""
+    epochs = [r["epoch"] for r in history]
+    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(11, 4))
+    ax_l.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
+    ax_a.plot(epochs, [100 * r["train_accuracy"] for r in history], "o-", label="train")
+    if history and history[0]["val_loss"] is not None:
+        ax_l.plot(epochs, [r["val_loss"] for r in history], "o-", label="validation")
+        ax_a.plot(epochs, [100 * r["val_accuracy"] for r in history], "o-", label="validation")
+    ax_l.set_ylabel("loss")
+    ax_a.set_ylabel("accuracy (%)")
+    for ax in (ax_l, ax_a):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(frameon=False)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def network_raster(layers: list[np.ndarray], names: list[str], image: np.ndarray, label: int, predicted: int,
+                   path: Path) -> Path:
+    """Spikes of every layer for one digit (input, hidden..., output), the digit beside them."""
+    fig = plt.figure(figsize=(11, 2.2 * len(layers) + 1))
+    grid = fig.add_gridspec(len(layers), 2, width_ratios=[4, 1])
+    for row, (spikes, name) in enumerate(zip(layers, names, strict=True)):
+        ax = fig.add_subplot(grid[row, 0])
+        steps, neurons = spikes.shape
+        t, n = np.nonzero(spikes > 0)
+        ax.scatter(t, n, s=4 if neurons > 50 else 30, marker="|", color="black", linewidths=0.8)
+        ax.set_xlim(-0.5, steps - 0.5)
+        ax.set_ylim(-0.5, neurons - 0.5)
+        ax.set_ylabel(f"{name}\n({neurons})")
+        if name == "output":
+            ax.set_yticks(range(neurons))
+        if row == len(layers) - 1:
+            ax.set_xlabel("time step")
+        else:
+            ax.set_xticklabels([])
+    ax_img = fig.add_subplot(grid[:, 1])
+    ax_img.imshow(image, cmap="gray_r")
+    ax_img.set_title(f"label {label}, predicted {predicted}")
+    ax_img.axis("off")
+    fig.suptitle("spikes of each layer for one test digit")
+    return _save(fig, path)
+
+
+def output_membrane(membrane: np.ndarray, threshold: float, label: int, path: Path) -> Path:
+    """The output layer's membrane traces for one digit, the true class highlighted."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for k in range(membrane.shape[1]):
+        ax.plot(membrane[:, k], lw=2.5 if k == label else 1, alpha=1 if k == label else 0.6,
+                label=f"class {k}" + (" (label)" if k == label else ""))
+    ax.axhline(threshold, color="black", ls="--", lw=1, label="threshold")
+    ax.set_xlabel("time step")
+    ax.set_ylabel("output membrane")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", ncol=2, frameon=False, loc="upper left", bbox_to_anchor=(1, 1))
+    return _save(fig, path)
+
+
+def spike_counts(counts: np.ndarray, label: int, path: Path, title: str = "output spikes per class") -> Path:
+    """Output spikes per class for one digit; the label's bar highlighted."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    colors = ["tab:green" if k == label else "tab:gray" for k in range(len(counts))]
+    ax.bar(range(len(counts)), counts, color=colors)
+    ax.set_xticks(range(len(counts)))
+    ax.set_xlabel("class")
+    ax.set_ylabel("spikes")
+    ax.set_title(f"{title} (label {label} in green)")
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
+
+
+def confusion(matrix: np.ndarray, path: Path, title: str = "") -> Path:
+    """Confusion matrix: rows the true class, columns the predicted one, counts in the cells."""
+    fig, ax = plt.subplots(figsize=(7, 6))
+    shown = np.log1p(matrix)
+    image = ax.imshow(shown, cmap="Blues")
+    for i in range(matrix.shape[0]):
+        for j in range(matrix.shape[1]):
+            color = "white" if shown[i, j] > shown.max() * 0.6 else "black"
+            ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=8, color=color)
+    ax.set_xticks(range(matrix.shape[1]))
+    ax.set_yticks(range(matrix.shape[0]))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or "confusion matrix")
+    fig.colorbar(image, ax=ax, label="log(1 + count)")
+    return _save(fig, path)

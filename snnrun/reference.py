@@ -6,21 +6,61 @@
 from __future__ import annotations
 
 from snnrun.config import reference_rows
+from snnrun.network import LayerSpec, ModelConfig, NeuronSpec, SurrogateSpec
 from snnrun.simulation import NEURONS, SimulationConfig
 from snnrun.stimulus import STIMULI
+from snnrun.training import DataConfig, EncodingConfig, SubsetConfig, TrainConfig, TrainSettings
 
 HEADER = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
 
 
+def _table(title: str, cls: type, prefix: str = "", doc: str = "") -> list[str]:
+    return [f"#### {title}", "", *([doc, ""] if doc else []), *HEADER, *reference_rows(cls, prefix), ""]
+
+
 def simulation_reference() -> str:
-    parts = ["#### Top level", "", *HEADER, *reference_rows(SimulationConfig), ""]
+    parts = _table("Top level", SimulationConfig)
     for model, cls in NEURONS.items():
-        parts += [f"#### `neuron` with `model: {model}`", "", *HEADER, *reference_rows(cls, "neuron."), ""]
+        parts += _table(f"`neuron` with `model: {model}`", cls, "neuron.")
     for kind, cls in STIMULI.items():
-        doc = " ".join((cls.__doc__ or "").split())
-        parts += [f"#### `stimulus` with `kind: {kind}`", "", doc, "", *HEADER, *reference_rows(cls, "stimulus."), ""]
+        parts += _table(f"`stimulus` with `kind: {kind}`", cls, "stimulus.", " ".join((cls.__doc__ or "").split()))
     return "\n".join(parts).rstrip() + "\n"
 
 
+def training_reference() -> str:
+    parts = _table("Top level", TrainConfig)
+    parts += _table("`data`", DataConfig, "data.")
+    parts += _table("`model`", ModelConfig, "model.")
+    parts += _table("`model.neuron` (every layer; override per layer in `model.hidden` dicts and in `model.output`)",
+                    NeuronSpec, "model.neuron.")
+    parts += _table("`model.hidden` items given as dicts (plus any `model.neuron` key)", LayerSpec, "")
+    parts += _table("`model.surrogate`", SurrogateSpec, "model.surrogate.")
+    parts += _table("`encoding`", EncodingConfig, "encoding.")
+    parts += _table("`train`", TrainSettings, "train.")
+    parts += _table("`train.subset`", SubsetConfig, "train.subset.")
+    return "\n".join(parts).rstrip() + "\n"
+
+
+SECTIONS = {"simulate": simulation_reference, "train": training_reference}
+
+
+def splice(readme: str) -> str:
+    """The README with every generated section replaced by its current text."""
+    for name, make in SECTIONS.items():
+        start, end = f"<!-- reference:{name}:start -->\n", f"<!-- reference:{name}:end -->"
+        head, rest = readme.split(start, 1)
+        _, tail = rest.split(end, 1)
+        readme = head + start + make() + end + tail
+    return readme
+
+
 if __name__ == "__main__":
-    print(simulation_reference(), end="")
+    import sys
+    from pathlib import Path
+
+    if sys.argv[1:] == ["--write"]:
+        path = Path("README.md")
+        path.write_text(splice(path.read_text()))
+    else:
+        for make in SECTIONS.values():
+            print(make())

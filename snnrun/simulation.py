@@ -172,7 +172,7 @@ def _values(value, device, dtype) -> float | Tensor:
 def parse_neuron(data, key, source):
     data = {} if data is None else data
     model = data.get("model", "leaky") if isinstance(data, dict) else None
-    if model not in NEURONS:
+    if not isinstance(model, str) or model not in NEURONS:
         raise ConfigError(f"{model!r} is not allowed; expected one of {', '.join(NEURONS)}", source=source,
                           key=f"{key}.model")
     return parse(NEURONS[model], data, path=key, source=source)

@@ -159,7 +159,7 @@ def parse_stimulus(data, key: str, source: str | None):
     """The stimulus section, its class chosen by `kind` (default step)."""
     data = {} if data is None else data
     kind = data.get("kind", "step") if isinstance(data, dict) else None
-    if kind not in STIMULI:
+    if not isinstance(kind, str) or kind not in STIMULI:
         raise ConfigError(f"{kind!r} is not allowed; expected one of {', '.join(KINDS)}", source=source,
                           key=f"{key}.kind")
     return parse(STIMULI[kind], data, path=key, source=source)

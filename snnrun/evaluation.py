@@ -1,0 +1,95 @@
+"""`eval`: score a trained run on a split: accuracy, per-class accuracy, confusion, spikes, synaptic operations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from snnrun.config import ConfigError, load_yaml
+from snnrun.network import Network
+from snnrun.training import TrainConfig, evaluate, load_splits, parse_train
+
+
+@dataclass
+class TrainedRun:
+    folder: Path
+    config: TrainConfig
+    checkpoint: Path
+
+
+def locate(path: Path) -> TrainedRun:
+    """A run folder (its best checkpoint) or a checkpoint file inside a run folder's checkpoints/."""
+    path = Path(path)
+    if path.is_dir():
+        folder, checkpoint = path, path / "checkpoints" / "best.pt"
+    elif path.is_file():
+        folder, checkpoint = path.parent.parent, path
+    else:
+        raise ConfigError("no such run folder or checkpoint", source=str(path))
+    if not (folder / "config.yaml").is_file():
+        raise ConfigError("not a training run folder (no config.yaml)", source=str(folder))
+    if not checkpoint.is_file():
+        raise ConfigError("the run has no checkpoint yet (checkpoints/best.pt is written after the first epoch)",
+                          source=str(folder))
+    config = parse_train(load_yaml(folder / "config.yaml"), str(folder / "config.yaml"))
+    return TrainedRun(folder, config, checkpoint)
+
+
+def load_network(run: TrainedRun, device) -> Network:
+    """The network of a run with its trained weights; a corrupt or foreign checkpoint is a clear error."""
+    model = Network(run.config.model, run.config.encoding.time_steps).to(device)
+    try:
+        state = torch.load(run.checkpoint, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+    except Exception as error:  # torch raises many types for damaged or foreign files
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"not a checkpoint of this run's network ({reason[:200]})",
+                          source=str(run.checkpoint)) from None
+    return model
+
+
+def evaluate_run(run: TrainedRun, device, split: str = "test") -> dict:
+    cfg = run.config
+    model = load_network(run, device)  # a damaged checkpoint fails before any data is read
+    _, val_set, test_set = load_splits(cfg, device)
+    data = test_set if split == "test" else val_set
+    result = evaluate(model, data, cfg, with_predictions=True)
+    labels = data.labels.cpu()
+    predictions = result.pop("predictions")
+    classes = cfg.model.outputs
+    confusion = torch.bincount(labels * classes + predictions, minlength=classes * classes).reshape(classes, classes)
+    per_class = (confusion.diag().double() / confusion.sum(dim=1).clamp(min=1)).tolist()
+    return {
+        "split": split,
+        "images": len(data),
+        "accuracy": result["accuracy"],
+        "loss": result["loss"],
+        "per_class_accuracy": per_class,
+        "confusion": confusion.tolist(),
+        "spikes_per_sample": dict(zip(layer_names(model), result["spikes_per_sample"], strict=True)),
+        "spikes_per_neuron_step": dict(zip(layer_names(model), result["spikes_per_neuron_step"], strict=True)),
+        "input_spikes_per_sample": result["input_spikes_per_sample"],
+        "synaptic_operations_per_inference": synaptic_operations(model, cfg, result),
+        "checkpoint": str(run.checkpoint),
+    }
+
+
+def layer_names(model: Network) -> list[str]:
+    return [f"hidden{i + 1}" for i in range(len(model.cfg.hidden))] + ["output"]
+
+
+def synaptic_operations(model: Network, cfg: TrainConfig, result: dict) -> dict:
+    """Synaptic events per image: each spike reaching a Linear layer costs one operation per output neuron.
+
+    A direct (non-spiking) input costs dense multiply-accumulates instead, computed once per image.
+    """
+    fan_out = [layer.size for layer in cfg.model.hidden] + [cfg.model.outputs]
+    if cfg.encoding.kind == "direct":
+        input_ops = {"input_dense_macs": cfg.model.input_size * fan_out[0]}
+    else:
+        input_ops = {"input_synops": result["input_spikes_per_sample"] * fan_out[0]}
+    hidden = sum(spikes * fan_out[i + 1] for i, spikes in enumerate(result["spikes_per_sample"][:-1]))
+    total = hidden + input_ops.get("input_synops", 0.0)
+    return {**input_ops, "hidden_synops": hidden, "total_synops": total}

@@ -1,0 +1,381 @@
+"""`train`: the story of a training run, top to bottom.
+
+Config schema (data, encoding, train sections) -> data on the device -> network ->
+epochs of shuffled index batches with surrogate-gradient BPTT -> validation -> checkpoints
+-> the best epoch scored once on the test set. Nothing here prints: progress and
+per-epoch records go to callbacks, files go into the run folder given.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from snnrun import encoding as encodings
+from snnrun.config import ConfigError, choice, field, integer, number, parse
+from snnrun.data import Split, load_mnist, validation_split
+from snnrun.network import Network, NetworkOutput, parse_model
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = field("data", "string", "folder holding MNIST/raw/*-ubyte (torchvision's layout)")
+    download: bool = field(False, "bool", "let torchvision download MNIST when it is missing")
+    val_size: int = integer(5000, "training images held out to choose the best epoch", minimum=0, maximum=30000)
+
+
+@dataclass(frozen=True)
+class EncodingConfig:
+    kind: str = choice("direct", encodings.KINDS, "direct: image as constant current; rate: Bernoulli spikes; "
+                       "latency: one spike per pixel, earlier when brighter")
+    time_steps: int = integer(25, "simulation steps per image", minimum=1, maximum=10000)
+    gain: float = number(1.0, "direct: current = pixel*gain; rate: p = pixel*gain", minimum=0,
+                         exclusive_minimum=True)
+
+
+@dataclass(frozen=True)
+class SubsetConfig:
+    train: int | None = integer(None, "use only the first N training images (null: all)", minimum=1, nullable=True)
+    test: int | None = integer(None, "use only the first M test images (null: all)", minimum=1, nullable=True)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int = integer(10, "passes over the training images", minimum=1)
+    batch_size: int = integer(128, "images per optimizer step", minimum=1)
+    optimizer: str = choice("adam", ["adam", "adamw", "sgd"], "optimizer")
+    lr: float = number(1e-3, "learning rate", minimum=0, exclusive_minimum=True)
+    momentum: float = number(0.9, "sgd momentum", minimum=0, maximum=1)
+    weight_decay: float = number(0.0, "weight decay", minimum=0)
+    schedule: str = choice("none", ["cosine", "step", "none"], "learning-rate schedule, stepped per batch (cosine) "
+                           "or per epoch (step)")
+    step_size: int = integer(1, "step schedule: epochs between decays", minimum=1)
+    gamma: float = number(0.1, "step schedule: decay factor", minimum=0, maximum=1, exclusive_minimum=True)
+    loss: str = choice("ce", ["ce", "ce_rate", "ce_membrane", "mse_count"],
+                       "ce: cross-entropy of the readout; ce_rate: of output spike counts; ce_membrane: summed over "
+                       "steps of the output membrane; mse_count: spike counts against target rates")
+    correct_rate: float = number(0.8, "mse_count: target firing rate of the right class", minimum=0, maximum=1)
+    incorrect_rate: float = number(0.2, "mse_count: target firing rate of the others", minimum=0, maximum=1)
+    grad_clip: float | None = number(None, "clip the gradient norm (null: no clipping)", minimum=0,
+                                     exclusive_minimum=True, nullable=True)
+    augment_shift: int = integer(0, "random translation of training images by up to N pixels", minimum=0, maximum=8)
+    seed: int = integer(0, "seed of weights, shuffling, augmentation, encoding and dropout")
+    subset: SubsetConfig = None  # type: ignore[assignment]
+    checkpoint_every: int = integer(1, "epochs between checkpoints (last.pt; best.pt whenever val improves)",
+                                    minimum=1)
+    eval_batch_size: int = integer(1000, "images per batch when scoring", minimum=1)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    name: str = field("mnist", "string", "suffix of the run folder")
+    device: str = field("auto", "string", "auto, cpu, cuda, cuda:N or mps")
+    threads: int | None = integer(None, "CPU threads for torch (null: torch's default)", minimum=1, nullable=True)
+    data: DataConfig = None  # type: ignore[assignment]
+    model: object = None
+    encoding: EncodingConfig = None  # type: ignore[assignment]
+    train: TrainSettings = None  # type: ignore[assignment]
+
+    def validate(self, path, source):
+        needs_neurons = self.train.loss in ("ce_rate", "ce_membrane", "mse_count")
+        if needs_neurons and self.model.readout == "mean_current":
+            raise ConfigError(f"{self.train.loss} is not allowed with model.readout: mean_current (it has no output "
+                              "neurons); use loss: ce", source=source, key="train.loss")
+        if self.model.input_size != 784:
+            raise ConfigError(f"{self.model.input_size} is not allowed; MNIST images have 784 pixels",
+                              source=source, key="model.input_size")
+
+
+def parse_train(data: dict, source: str | None) -> TrainConfig:
+    return parse(TrainConfig, data, source=source, sections={"model": parse_model})
+
+
+def config_to_dict(cfg: TrainConfig) -> dict:
+    from snnrun.config import to_dict
+    from snnrun.network import model_to_dict
+
+    out = to_dict(cfg)
+    out["model"] = model_to_dict(cfg.model)
+    return out
+
+
+# --------------------------------------------------------------------------- pieces of an epoch
+
+
+class TrainingInterrupted(Exception):
+    """Stopped on request (Ctrl-C, SIGTERM) after saving a checkpoint to resume from."""
+
+
+class TrainingDiverged(Exception):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def load_splits(cfg: TrainConfig, device) -> tuple[Split, Split, Split]:
+    """(train, val, test) as uint8 tensors on the device, with the config's subset applied."""
+    train, test = load_mnist(cfg.data.root, cfg.data.download)
+    train, val = validation_split(train, min(cfg.data.val_size, len(train) // 2), cfg.train.seed)
+    subset = cfg.train.subset
+    if subset.train is not None:
+        train = train.take(slice(0, subset.train))
+        val = val.take(slice(0, max(1, subset.train // 10))) if len(val) else val
+    if subset.test is not None:
+        test = test.take(slice(0, subset.test))
+    return train.to(device), val.to(device), test.to(device)
+
+
+def shift_images(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Translate each image by its own random (dy, dx) in [-max_shift, max_shift], filling with zeros."""
+    b, h, w = images.shape
+    padded = F.pad(images, (max_shift,) * 4)
+    d = torch.randint(-max_shift, max_shift + 1, (2, b), generator=generator, device=images.device)
+    rows = torch.arange(h, device=images.device) + max_shift - d[0, :, None]
+    cols = torch.arange(w, device=images.device) + max_shift - d[1, :, None]
+    return padded[torch.arange(b, device=images.device)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def loss_of(out: NetworkOutput, labels: torch.Tensor, settings: TrainSettings, time_steps: int) -> torch.Tensor:
+    if settings.loss == "ce":
+        return F.cross_entropy(out.logits, labels)
+    if settings.loss == "ce_rate":
+        return F.cross_entropy(out.spikes.sum(dim=0), labels)
+    if settings.loss == "ce_membrane":  # snnTorch tutorial 5: the sum over steps of per-step cross-entropy
+        steps, batch, classes = out.membrane.shape
+        per_step = F.cross_entropy(out.membrane.reshape(steps * batch, classes), labels.repeat(steps),
+                                   reduction="none")
+        return per_step.reshape(steps, batch).mean(dim=1).sum()
+    # mse_count: spike counts against target rates (snnTorch's mse_count_loss)
+    target = torch.full_like(out.logits, settings.incorrect_rate * time_steps)
+    target.scatter_(1, labels[:, None], settings.correct_rate * time_steps)
+    return F.mse_loss(out.spikes.sum(dim=0), target)
+
+
+def make_optimizer(model: Network, s: TrainSettings) -> torch.optim.Optimizer:
+    if s.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+    cls = torch.optim.AdamW if s.optimizer == "adamw" else torch.optim.Adam
+    return cls(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+
+
+def make_schedule(optimizer, s: TrainSettings, batches_per_epoch: int):
+    if s.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=s.epochs * batches_per_epoch)
+    if s.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=s.step_size * batches_per_epoch, gamma=s.gamma)
+    return None
+
+
+def encode(images: torch.Tensor, cfg: TrainConfig, generator: torch.Generator | None) -> torch.Tensor:
+    e = cfg.encoding
+    return encodings.encode(images, e.kind, e.time_steps, e.gain, generator)
+
+
+@torch.no_grad()
+def evaluate(model: Network, split: Split, cfg: TrainConfig, with_predictions: bool = False) -> dict:
+    """Loss, accuracy and spikes per neuron per step of each layer on a split (seeded, so repeatable)."""
+    model.eval()
+    generator = torch.Generator(device=split.images.device).manual_seed(cfg.train.seed + 1)
+    loss_sum, correct, spikes = 0.0, 0, torch.zeros(len(model.layer_sizes), dtype=torch.float64)
+    input_spikes, predictions = 0.0, []
+    for start in range(0, len(split), cfg.train.eval_batch_size):
+        images = split.images[start:start + cfg.train.eval_batch_size]
+        labels = split.labels[start:start + cfg.train.eval_batch_size]
+        x = encode(images, cfg, generator)
+        out = model(x)
+        if x.dim() == 3:
+            input_spikes += float(x.sum())
+        loss_sum += float(loss_of(out, labels, cfg.train, cfg.encoding.time_steps)) * len(labels)
+        predicted = out.logits.argmax(dim=1)
+        correct += int((predicted == labels).sum())
+        spikes += out.spike_counts.double().cpu()
+        if with_predictions:
+            predictions.append(predicted.cpu())
+    n = max(len(split), 1)
+    result = {"loss": loss_sum / n, "accuracy": correct / n,
+              "spikes_per_neuron_step": per_neuron_step(spikes, model, n, cfg.encoding.time_steps),
+              "spikes_per_sample": [float(total) / n for total in spikes],
+              "input_spikes_per_sample": input_spikes / n}
+    if with_predictions:
+        result["predictions"] = torch.cat(predictions) if predictions else torch.zeros(0, dtype=torch.long)
+    return result
+
+
+def per_neuron_step(spike_totals: torch.Tensor, model: Network, samples: int, steps: int) -> list[float]:
+    return [float(total) / (samples * steps * size) for total, size in zip(spike_totals, model.layer_sizes,
+                                                                             strict=True)]
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write atomically: a crash leaves the previous complete file or the new one, never a torn file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def rng_state(generator: torch.Generator, perm_generator: torch.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "generator": generator.get_state(),
+             "perm_generator": perm_generator.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict, generator: torch.Generator, perm_generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["generator"])
+    perm_generator.set_state(state["perm_generator"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class Callbacks:
+    """How a run reports to whoever watches it (the CLI draws bars and prints lines)."""
+
+    epoch_started: Callable[[int, int], None] = lambda epoch, batches: None
+    batch_done: Callable[[dict], None] = lambda stats: None
+    epoch_done: Callable[[dict], None] = lambda record: None
+    should_stop: Callable[[], bool] = lambda: False
+
+
+def train(cfg: TrainConfig, folder: Path, device: torch.device, callbacks: Callbacks | None = None,
+          resume: bool = False) -> dict:
+    """Train into run folder `folder` (continuing from checkpoints/last.pt when `resume`); return the summary."""
+    cb = callbacks or Callbacks()
+    s = cfg.train
+    checkpoints = folder / "checkpoints"
+    checkpoints.mkdir(exist_ok=True)
+    if cfg.threads and device.type == "cpu":
+        torch.set_num_threads(cfg.threads)
+
+    torch.manual_seed(s.seed)
+    train_set, val_set, test_set = load_splits(cfg, device)
+    model = Network(cfg.model, cfg.encoding.time_steps).to(device)
+    batches_per_epoch = math.ceil(len(train_set) / s.batch_size)
+    optimizer = make_optimizer(model, s)
+    schedule = make_schedule(optimizer, s, batches_per_epoch)
+    generator = torch.Generator(device=device).manual_seed(s.seed)  # augmentation and input spikes
+    perm_generator = torch.Generator().manual_seed(s.seed)  # the order of the training images
+    history: list[dict] = []
+    best_val, start_epoch, start_batch, order, partial = -1.0, 0, 0, None, None
+    train_seconds = 0.0
+
+    if resume:
+        ckpt = torch.load(checkpoints / "last.pt", map_location=device, weights_only=True)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if schedule is not None:
+            schedule.load_state_dict(ckpt["schedule"])
+        restore_rng(ckpt["rng"], generator, perm_generator)
+        history, best_val, train_seconds = ckpt["history"], ckpt["best_val_accuracy"], ckpt["train_seconds"]
+        start_epoch, start_batch = ckpt["epoch"], ckpt["batch"]
+        order, partial = ckpt.get("order"), ckpt.get("partial")
+
+    def checkpoint(epoch: int, batch: int, order=None, partial=None) -> dict:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict() if schedule is not None else None,
+                "rng": rng_state(generator, perm_generator), "epoch": epoch, "batch": batch, "order": order,
+                "partial": partial, "history": history, "best_val_accuracy": best_val,
+                "train_seconds": train_seconds}
+
+    for epoch in range(start_epoch, s.epochs):
+        model.train()
+        if order is None:
+            order = torch.randperm(len(train_set), generator=perm_generator).to(device)
+        totals = partial or {"loss": 0.0, "correct": 0, "seen": 0,
+                             "spikes": [0.0] * len(model.layer_sizes), "seconds": 0.0}
+        cb.epoch_started(epoch, batches_per_epoch)
+        started = time.perf_counter() - totals["seconds"]
+        for batch in range(start_batch, batches_per_epoch):
+            if cb.should_stop():
+                totals["seconds"] = time.perf_counter() - started  # the epoch's time so far, resumed later
+                save_checkpoint(checkpoints / "last.pt", checkpoint(epoch, batch, order, totals))
+                raise TrainingInterrupted(f"stopped in epoch {epoch + 1} at batch {batch}")
+            index = order[batch * s.batch_size:(batch + 1) * s.batch_size]
+            images, labels = train_set.images[index], train_set.labels[index]
+            if s.augment_shift:
+                images = shift_images(images, s.augment_shift, generator)
+            out = model(encode(images, cfg, generator))
+            loss = loss_of(out, labels, s, cfg.encoding.time_steps)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"the loss became {float(loss)} in epoch {epoch + 1}, batch {batch + 1}; "
+                                       "the last good checkpoint is kept (try a lower train.lr or train.grad_clip)")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if s.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+            optimizer.step()
+            if schedule is not None:
+                schedule.step()
+            totals["loss"] += float(loss.detach()) * len(labels)
+            totals["correct"] += int((out.logits.argmax(dim=1) == labels).sum())
+            totals["seen"] += len(labels)
+            totals["spikes"] = [a + float(b) for a, b in zip(totals["spikes"], out.spike_counts, strict=True)]
+            elapsed = time.perf_counter() - started
+            cb.batch_done({"loss": totals["loss"] / totals["seen"], "accuracy": totals["correct"] / totals["seen"],
+                           "samples_per_s": totals["seen"] / max(elapsed, 1e-9)})
+        epoch_seconds = time.perf_counter() - started
+        train_seconds += epoch_seconds
+        val = evaluate(model, val_set, cfg) if len(val_set) else None
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": totals["loss"] / totals["seen"],
+            "train_accuracy": totals["correct"] / totals["seen"],
+            "val_loss": val["loss"] if val else None,
+            "val_accuracy": val["accuracy"] if val else None,
+            "train_spikes_per_neuron_step": per_neuron_step(torch.tensor(totals["spikes"]), model, totals["seen"],
+                                                            cfg.encoding.time_steps),
+            "val_spikes_per_neuron_step": val["spikes_per_neuron_step"] if val else None,
+            "lr": optimizer.param_groups[0]["lr"],
+            "epoch_seconds": epoch_seconds,
+            "samples_per_s": totals["seen"] / epoch_seconds,
+        }
+        history.append(record)
+        score = record["val_accuracy"] if val else record["epoch"]  # without validation: the last epoch is best
+        order, partial, start_batch = None, None, 0
+        if score > best_val:
+            best_val = score
+            save_checkpoint(checkpoints / "best.pt", {"model": model.state_dict(), "epoch": epoch + 1})
+        if (epoch + 1) % s.checkpoint_every == 0 or epoch + 1 == s.epochs:
+            save_checkpoint(checkpoints / "last.pt", checkpoint(epoch + 1, 0))
+        cb.epoch_done(record)
+
+    best = torch.load(checkpoints / "best.pt", map_location=device, weights_only=True)
+    model.load_state_dict(best["model"])
+    test = evaluate(model, test_set, cfg)
+    return {
+        "best_epoch": best["epoch"],
+        "best_val_accuracy": history[best["epoch"] - 1]["val_accuracy"],
+        "test_accuracy": test["accuracy"],
+        "test_loss": test["loss"],
+        "test_spikes_per_neuron_step": test["spikes_per_neuron_step"],
+        "train_seconds": train_seconds,
+        "epochs": len(history),
+        "history": history,
+        "test_images": len(test_set),
+    }
+
+
+def build_model_from(folder: Path, cfg: TrainConfig, device, checkpoint: str = "best.pt") -> Network:
+    """The trained network of a run folder."""
+    model = Network(cfg.model, cfg.encoding.time_steps).to(device)
+    state = torch.load(folder / "checkpoints" / checkpoint, map_location=device, weights_only=True)
+    model.load_state_dict(state["model"])
+    return model

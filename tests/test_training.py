@@ -1,0 +1,208 @@
+"""`snnrun train` and `snnrun eval` on real MNIST (prepared by `make data`), and the pieces they stand on."""
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from snnrun.cli import app
+from snnrun.config import apply_overrides, load_yaml
+from snnrun.data import DataError, _ArraysOnly, available, read_idx, write_idx
+from snnrun.encoding import encode
+from snnrun.network import Network, parse_model
+from snnrun.surrogate import Surrogate
+from snnrun.training import Callbacks, TrainingInterrupted, parse_train, shift_images, train
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "data"
+runner = CliRunner()
+needs_mnist = pytest.mark.skipif(not available(DATA), reason="MNIST not prepared: run `make data`")
+
+
+def small_config(**overrides):
+    data = load_yaml(REPO / "configs" / "smoke.yaml")
+    data = apply_overrides(data, [f"data.root={DATA}", "device=cpu", "train.subset.train=640",
+                                  "train.subset.test=200", "model.hidden=[32]"]
+                           + [f"{k}={v}" for k, v in overrides.items()])
+    return parse_train(data, "test")
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@needs_mnist
+def test_smoke_config_trains_and_eval_reproduces_its_test_accuracy(in_tmp):
+    result = runner.invoke(app, ["train", "configs/smoke.yaml", "--set", f"data.root={DATA}", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    folder = Path(result.output.strip().splitlines()[-1])
+    for name in ("config.yaml", "env.json", "metrics.jsonl", "metrics.csv", "summary.json", "curves.png",
+                 "raster.png", "membrane.png", "spike_counts.png", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (folder / name).is_file(), name
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["test_accuracy"] > 0.8  # 1 epoch on 3,000 images: far above chance (0.1)
+    record = json.loads((folder / "metrics.jsonl").read_text().splitlines()[0])
+    assert {"train_loss", "val_accuracy", "lr", "samples_per_s", "train_spikes_per_neuron_step"} <= set(record)
+
+    result = runner.invoke(app, ["eval", str(folder)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((Path(result.output.strip().splitlines()[-1]) / "eval.json").read_text())
+    assert report["accuracy"] == summary["test_accuracy"]  # exactly the run's own score
+    assert np.asarray(report["confusion"]).sum() == 1000 and len(report["per_class_accuracy"]) == 10
+    assert report["synaptic_operations_per_inference"]["hidden_synops"] > 0
+
+
+@needs_mnist
+def test_resumed_config_folder_reproduces_metrics(in_tmp):
+    cfg = small_config()
+    a, b = in_tmp / "a", in_tmp / "b"
+    a.mkdir(), b.mkdir()
+    first = train(cfg, a, torch.device("cpu"))
+    second = train(cfg, b, torch.device("cpu"))
+    assert first["test_accuracy"] == second["test_accuracy"]
+    assert [r["train_loss"] for r in first["history"]] == [r["train_loss"] for r in second["history"]]
+
+
+@needs_mnist
+@pytest.mark.parametrize("overrides", [
+    {"encoding.kind": "rate", "model.dropout": 0.2, "train.augment_shift": 2, "train.schedule": "cosine"},
+    {"encoding.kind": "latency", "model.readout": "rate", "train.loss": "mse_count"},
+    {"model.readout": "mean_current", "model.neuron.model": "synaptic", "train.schedule": "step"},
+])
+def test_interrupted_then_resumed_run_ends_like_an_uninterrupted_one(tmp_path, overrides):
+    cfg = small_config(**{"train.epochs": 2, **overrides})
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    whole.mkdir(), parts.mkdir()
+    expected = train(cfg, whole, torch.device("cpu"))
+
+    batches = {"n": 0}
+
+    def stop_in_the_second_epoch():
+        batches["n"] += 1
+        return batches["n"] == 14  # 10 batches per epoch: stop in the middle of epoch 2
+
+    with pytest.raises(TrainingInterrupted):
+        train(cfg, parts, torch.device("cpu"), Callbacks(should_stop=stop_in_the_second_epoch))
+    resumed = train(cfg, parts, torch.device("cpu"), resume=True)
+
+    for key in ("test_accuracy", "best_val_accuracy", "best_epoch"):
+        assert resumed[key] == expected[key]
+    for mine, theirs in zip(resumed["history"], expected["history"], strict=True):
+        assert mine["train_loss"] == theirs["train_loss"] and mine["val_accuracy"] == theirs["val_accuracy"]
+    w1 = torch.load(whole / "checkpoints" / "last.pt", weights_only=True)["model"]
+    w2 = torch.load(parts / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+def test_missing_mnist_is_a_clear_error_with_exit_2(in_tmp):
+    result = runner.invoke(app, ["train", "configs/smoke.yaml", "--set", "data.root=nowhere", "--device", "cpu"])
+    assert result.exit_code == 2
+    assert "make data" in result.output and not Path("outputs").exists()
+
+
+def test_bad_train_config_names_the_key(in_tmp):
+    result = runner.invoke(app, ["train", "configs/smoke.yaml", "--set", "train.optimizer=rmsprop"])
+    assert result.exit_code == 2 and "train.optimizer" in result.output and "adam" in result.output
+
+
+def test_eval_of_a_corrupt_checkpoint_is_a_clear_error(in_tmp):
+    folder = in_tmp / "run"
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(load_yaml(REPO / "configs" / "smoke.yaml")))
+    (folder / "checkpoints" / "best.pt").write_bytes(b"\x80\x04not a checkpoint")
+    result = runner.invoke(app, ["eval", str(folder)])
+    assert result.exit_code == 2 and "not a checkpoint" in result.output
+
+
+def test_shipped_training_configs_are_valid():
+    for name in ("mnist", "smoke", "norse_tutorial", "snntorch_tutorial"):
+        cfg = parse_train(load_yaml(REPO / "configs" / f"{name}.yaml"), name)
+        assert cfg.model.outputs == 10
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def test_idx_files_round_trip(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    write_idx(tmp_path / "x", images)
+    assert torch.equal(read_idx(tmp_path / "x"), torch.from_numpy(images))
+    (tmp_path / "y").write_bytes(b"\x00\x00\x08\x03\x00\x00\x00\x05\x00\x00\x00\x1c\x00\x00\x00\x1c\x01\x02")
+    with pytest.raises(DataError, match="truncated"):
+        read_idx(tmp_path / "y")
+
+
+def test_mnist_pickle_loader_refuses_anything_but_arrays():
+    import io
+    import os
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+        _ArraysOnly(io.BytesIO(pickle.dumps(Evil()))).load()
+    arrays = _ArraysOnly(io.BytesIO(pickle.dumps((np.arange(3.0), np.arange(2))))).load()
+    assert arrays[0].tolist() == [0.0, 1.0, 2.0]
+
+
+@needs_mnist
+def test_prepared_mnist_is_canonical():
+    from snnrun.data import TEST_CLASS_COUNTS, TRAIN_CLASS_COUNTS, load_mnist
+
+    train_set, test_set = load_mnist(DATA)
+    assert train_set.images.dtype == torch.uint8 and train_set.images.shape == (60000, 28, 28)
+    assert tuple(torch.bincount(train_set.labels).tolist()) == TRAIN_CLASS_COUNTS
+    assert tuple(torch.bincount(test_set.labels).tolist()) == TEST_CLASS_COUNTS
+    assert train_set.labels[:5].tolist() == [5, 0, 4, 1, 9]  # canonical order
+
+
+def test_direct_input_runs_the_first_layer_once():
+    model = Network(parse_model({"hidden": [16, 8]}, "model", "t"), time_steps=10)
+    calls = []
+    model.linears[0].register_forward_hook(lambda m, i, o: calls.append(i[0].shape))
+    out = model(torch.rand(4, 784))
+    assert calls == [(4, 784)]  # once, not once per step
+    assert out.logits.shape == (4, 10) and out.spikes.shape == (10, 4, 10)
+
+
+def test_state_dict_holds_parameters_not_neuron_state():
+    model = Network(parse_model({"hidden": [16], "neuron": {"learn_beta": True}}, "model", "t"), time_steps=5)
+    keys = set(model.state_dict())
+    assert "neurons.0.beta" in keys and not any("mem" in k for k in keys)
+    assert model.neurons[0].beta.shape == (16,)
+
+
+@pytest.mark.parametrize("kind", ["fast_sigmoid", "atan", "sigmoid", "straight_through"])
+def test_surrogates_are_picklable_finite_and_keep_dtype(kind):
+    spike = pickle.loads(pickle.dumps(Surrogate(kind, 5.0)))
+    x = torch.tensor([-1e30, -1.0, 0.0, 1e-3, 1e30], requires_grad=True)
+    out = spike(x)
+    assert out.tolist() == [0, 0, 0, 1, 1]
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert spike(torch.zeros(3, dtype=torch.float16)).dtype == torch.float16
+
+
+def test_rate_encoding_is_seeded_and_latency_fires_brighter_pixels_first():
+    images = torch.tensor([[[0, 255, 128, 64]]], dtype=torch.uint8)
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    assert torch.equal(encode(images, "rate", 50, 1.0, g1), encode(images, "rate", 50, 1.0, g2))
+    spikes = encode(images, "latency", 11, 1.0)
+    assert spikes.sum(dim=0).tolist() == [[0, 1, 1, 1]]  # one spike per lit pixel, none for black
+    first = spikes[:, 0].argmax(dim=0).tolist()
+    assert first[1] < first[2] < first[3]
+
+
+def test_shift_moves_each_image_by_up_to_the_maximum():
+    image = torch.zeros(1, 28, 28, dtype=torch.uint8)
+    image[0, 10, 12] = 255
+    g = torch.Generator().manual_seed(0)
+    moved = shift_images(image.expand(200, -1, -1), 2, g)
+    rows, cols = (moved == 255).nonzero()[:, 1], (moved == 255).nonzero()[:, 2]
+    assert len(rows) == 200  # the lit pixel stays in the picture, once per image
+    assert set((rows - 10).tolist()) == {-2, -1, 0, 1, 2} and set((cols - 12).tolist()) == {-2, -1, 0, 1, 2}
