@@ -171,7 +171,7 @@ def train(
                 else "no validation"
             bar.console.print(f"epoch {r['epoch']:>3}/{cfg.train.epochs}: train loss {r['train_loss']:.4f} "
                               f"acc {100 * r['train_accuracy']:.2f}% | {val} | {r['epoch_seconds']:.1f} s, "
-                              f"{r['samples_per_s']:.0f} samples/s", highlight=False)
+                              f"{r['samples_per_s']:.0f} samples/s", highlight=False, soft_wrap=True)
 
         callbacks = Callbacks(epoch_started, batch_done, epoch_done, stop.is_set)
         try:

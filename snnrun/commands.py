@@ -165,8 +165,11 @@ def run_training(cfg: TrainConfig, out: Path, callbacks: Callbacks, resume: Path
     epoch_done = callbacks.epoch_done
 
     def record_epoch(record: dict) -> None:
-        with open(folder / "metrics.jsonl", "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        # Rewritten whole: epochs redone after a crash replace their old lines instead of repeating them.
+        path = folder / "metrics.jsonl"
+        lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+        kept = [line for line in lines if json.loads(line)["epoch"] < record["epoch"]]
+        write_text(path, "".join(line + "\n" for line in [*kept, json.dumps(record)]))
         epoch_done(record)
 
     callbacks = replace(callbacks, epoch_done=record_epoch)
@@ -214,7 +217,8 @@ def _plot_training(cfg: TrainConfig, folder: Path, history: list[dict], device) 
     with torch.no_grad():
         out = model(encode(image, cfg, generator), record=True)
     layers = [spikes[:, 0].cpu().numpy() for spikes in out.recorded]
-    names = ["input"] + [f"hidden {i + 1}" for i in range(len(cfg.model.hidden))]
+    names = ["input current" if cfg.encoding.kind == "direct" else "input"]
+    names += [f"hidden {i + 1}" for i in range(len(cfg.model.hidden))]
     names += ["output"] if out.spikes is not None else []
     predicted = int(out.logits.argmax(dim=1))
     plots.network_raster(layers, names, image[0].cpu().numpy(), label, predicted, folder / "raster.png")

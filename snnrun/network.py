@@ -92,9 +92,6 @@ class ModelConfig:
         return [(layer.size, self.dropout if layer.dropout is None else layer.dropout, layer.neuron)
                 for layer in self.hidden]
 
-    def output_neuron(self) -> NeuronSpec:
-        return self.output  # type: ignore[return-value]
-
 
 def parse_model(data, key: str, source: str | None) -> ModelConfig:
     """The model section: hidden layers may be sizes or dicts, each with neuron overrides."""
@@ -182,6 +179,13 @@ class LIFLayer(nn.Module):
         return torch.stack(spikes), torch.stack(membranes)
 
 
+def spike_dropout(spikes: torch.Tensor, p: float) -> torch.Tensor:
+    """Drop each neuron of each sample for all time steps at once (as SpikingJelly's multi-step Dropout):
+    a silenced neuron stays silent for the whole image, and one draw per neuron is 8-25x fewer than per step."""
+    keep = (torch.rand(spikes.shape[1:], device=spikes.device) >= p).to(spikes.dtype)
+    return spikes * (keep / (1 - p))
+
+
 @dataclass
 class NetworkOutput:
     logits: torch.Tensor  # (batch, outputs): what the readout predicts from
@@ -221,8 +225,8 @@ class Network(nn.Module):
             counts.append(x.detach().sum())
             if record:
                 recorded.append(x.detach())
-            if p > 0:
-                x = nn.functional.dropout(x, p, self.training)
+            if p > 0 and self.training:
+                x = spike_dropout(x, p)
         current = self.readout(x) if x.dim() == 3 else self.readout(x).expand(steps, -1, -1)
         if self.output_neurons is None:
             logits = current.mean(dim=0)

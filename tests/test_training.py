@@ -206,3 +206,36 @@ def test_shift_moves_each_image_by_up_to_the_maximum():
     rows, cols = (moved == 255).nonzero()[:, 1], (moved == 255).nonzero()[:, 2]
     assert len(rows) == 200  # the lit pixel stays in the picture, once per image
     assert set((rows - 10).tolist()) == {-2, -1, 0, 1, 2} and set((cols - 12).tolist()) == {-2, -1, 0, 1, 2}
+
+
+@needs_mnist
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(in_tmp):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    args = [sys.executable, "-m", "snnrun", "train", "configs/smoke.yaml", "--device", "cpu",
+            "--set", f"data.root={DATA}", "--set", "train.epochs=6", "--set", "train.subset.train=1000"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while not list(Path("outputs/train").glob("*/metrics.jsonl")) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    folder = Path(stdout.strip().splitlines()[-1])
+    assert (folder / "checkpoints" / "last.pt").is_file() and "--resume" in stderr
+    assert not (folder / "summary.json").exists()
+
+    done = subprocess.run([sys.executable, "-m", "snnrun", "train", "--resume", str(folder)], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert Path(done.stdout.strip().splitlines()[-1]) == folder
+    epochs = [json.loads(line)["epoch"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4, 5, 6]
+    again = subprocess.run([sys.executable, "-m", "snnrun", "train", "--resume", str(folder)], capture_output=True,
+                           text=True, env=env)
+    assert again.returncode == 2 and "never overwritten" in again.stderr
