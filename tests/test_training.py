@@ -239,3 +239,22 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(in_tmp):
     again = subprocess.run([sys.executable, "-m", "snnrun", "train", "--resume", str(folder)], capture_output=True,
                            text=True, env=env)
     assert again.returncode == 2 and "never overwritten" in again.stderr
+
+
+@needs_mnist
+def test_nan_loss_stops_the_run_naming_epoch_and_batch_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    import snnrun.training as training
+    from snnrun.training import TrainingDiverged
+
+    real_loss, calls = training.loss_of, {"n": 0}
+
+    def loss_turning_nan(out, labels, settings, steps):
+        calls["n"] += 1
+        loss = real_loss(out, labels, settings, steps)
+        return loss * float("nan") if calls["n"] == 14 else loss  # 10 batches + 1 validation: epoch 2, batch 3
+
+    monkeypatch.setattr(training, "loss_of", loss_turning_nan)
+    with pytest.raises(TrainingDiverged, match="epoch 2, batch 3"):
+        train(small_config(**{"train.epochs": 2}), tmp_path, torch.device("cpu"))
+    kept = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert kept["epoch"] == 1 and all(torch.isfinite(v).all() for v in kept["model"].values())
