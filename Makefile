@@ -7,7 +7,7 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install data train smoke test lint simulate clean
+.PHONY: help install data train smoke test lint simulate bench clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -42,6 +42,9 @@ lint: $(STAMP) ## Check the code with ruff
 
 simulate: $(STAMP) ## Run the default simulation (configs/step.yaml) into outputs/simulate/
 	$(BIN)/snnrun simulate
+
+bench: $(STAMP) ## Time snnrun against snnTorch and Brian2 on the same work (one process, 2 threads)
+	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/run.py --threads 2
 
 clean: ## Remove the environment and caches (keeps outputs/ and data/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
