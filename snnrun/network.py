@@ -87,10 +87,9 @@ class ModelConfig:
     membrane_reduce: str = choice("sum", ["sum", "max"], "how the membrane readout reduces over time")
     dropout: float = number(0.0, "dropout on hidden spikes", minimum=0, maximum=0.95)
 
-    def layers(self) -> list[tuple[int, float, NeuronSpec]]:
-        """(size, dropout, neuron) for each hidden layer."""
-        return [(layer.size, self.dropout if layer.dropout is None else layer.dropout, layer.neuron)
-                for layer in self.hidden]
+    def dropouts(self) -> list[float]:
+        """The dropout of each hidden layer (its own, or model.dropout)."""
+        return [self.dropout if layer.dropout is None else layer.dropout for layer in self.hidden]
 
 
 def parse_model(data, key: str, source: str | None) -> ModelConfig:
@@ -203,7 +202,7 @@ class Network(nn.Module):
         sizes = [cfg.input_size] + [layer.size for layer in cfg.hidden]
         self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
         self.neurons = nn.ModuleList(LIFLayer(layer.size, layer.neuron, spike_fn) for layer in cfg.hidden)
-        self.dropouts = [layer_dropout for _, layer_dropout, _ in cfg.layers()]
+        self.dropouts = cfg.dropouts()
         self.readout = nn.Linear(sizes[-1], cfg.outputs)
         self.output_neurons = None if cfg.readout == "mean_current" else LIFLayer(cfg.outputs, cfg.output, spike_fn)
 

@@ -94,9 +94,9 @@ def lapicque_step(current: Tensor, state: LeakyState, p: LapicqueParameters,
     return spike_fn(v - p.threshold), LeakyState(v)
 
 
-def lapicque_from_beta(beta: float, R: float = 1.0, time_step: float = 1.0) -> tuple[float, float]:
-    """(R, C) for a decay `beta`, as snnTorch derives them: C = dt / (R * ln(1/beta))."""
-    return R, time_step / (R * math.log(1 / beta))
+def lapicque_capacitance(beta: float, R: Scalar, time_step: float) -> Scalar:
+    """C for a decay `beta`, as snnTorch derives it: C = time_step / (R * ln(1/beta))."""
+    return time_step / (R * math.log(1 / beta))
 
 
 # --------------------------------------------------------------------------- synaptic

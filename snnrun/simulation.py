@@ -7,7 +7,6 @@ metrics and writes nothing.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -96,7 +95,7 @@ class LapicqueNeuron:
     def parameters(self, device, dtype) -> neurons.LapicqueParameters:
         R = _values(self.R, device, dtype)
         if self.beta is not None:
-            C = self.time_step / (R * math.log(1 / self.beta))
+            C = neurons.lapicque_capacitance(self.beta, R, self.time_step)
         else:
             C = _values(self.C, device, dtype)
         return neurons.LapicqueParameters(R, C, self.time_step, _values(self.threshold, device, dtype), self.reset)
