@@ -179,14 +179,18 @@ def lif_step(current: Tensor, state: LIFState, p: LIFParameters,
     v = state.membrane
     drive = p.v_rest_mv + p.r_mohm * current
     if p.method == "exact":
-        v_next = drive + (v - drive) * p.decay
+        v_next = torch.lerp(drive, v, p.decay)  # drive + decay*(v - drive), one fused op
     else:
-        v_next = v + (p.dt_ms / p.tau_ms) * (drive - v)
+        v_next = torch.lerp(v, drive, p.dt_ms / p.tau_ms)
     active = state.refractory_left <= 0
     v = torch.where(active, v_next, v)
-    spikes = spike_fn(v - p.v_thresh_mv) * active
-    fired = spikes > 0
-    v = torch.where(fired, torch.as_tensor(p.v_reset_mv, dtype=v.dtype, device=v.device), v)
+    if spike_fn is heaviside:  # simulation: no surrogate needed, one comparison
+        fired = (v > p.v_thresh_mv) & active
+        spikes = fired.to(v.dtype)
+    else:
+        spikes = spike_fn(v - p.v_thresh_mv) * active
+        fired = spikes > 0
+    v = torch.where(fired, p.v_reset_mv, v)
     left = torch.where(fired, p.refractory_steps - 1, state.refractory_left - 1).clamp_(min=0)
     return spikes, LIFState(v, left)
 

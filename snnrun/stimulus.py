@@ -2,8 +2,9 @@
 
 Each kind is a dataclass that is both its config section (fields with rules) and
 its generator: `current(start, stop, ...)` returns the current for steps
-[start, stop) as a (time, neurons) tensor, so long runs of large populations are
-generated in chunks instead of as one huge array.
+[start, stop), shaped (time, neurons), or (time, 1) when every neuron gets the same
+current (it broadcasts; a 100,000-neuron step current costs no more than one neuron's).
+Long runs are generated in chunks instead of as one huge array.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ KINDS = ("step", "pulse", "piecewise", "ramp", "sine", "poisson", "none")
 
 
 def _as_tensor(value, device, dtype) -> Tensor:
-    """A per-neuron value (number or list) as a row that broadcasts over time."""
+    """A per-neuron value (list) as a (1, neurons) row, a number as (1, 1): both broadcast over time."""
     return torch.as_tensor(value, dtype=dtype, device=device).reshape(1, -1)
 
 
@@ -50,7 +51,7 @@ class Step:
     def current(self, start, stop, neurons, time_steps, device, dtype, generator=None) -> Tensor:
         t = _steps(start, stop, device)
         on = (t >= self.onset) & (t < (self.offset if self.offset is not None else math.inf))
-        return on.to(dtype) * _as_tensor(self.amplitude, device, dtype).expand(1, neurons)
+        return on.to(dtype) * _as_tensor(self.amplitude, device, dtype)
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ class Pulse:
         t = _steps(start, stop, device)
         onsets = torch.as_tensor(self.steps, device=device).reshape(1, -1)
         on = ((t >= onsets) & (t < onsets + self.width)).any(dim=1, keepdim=True)
-        return on.to(dtype) * _as_tensor(self.amplitude, device, dtype).expand(1, neurons)
+        return on.to(dtype) * _as_tensor(self.amplitude, device, dtype)
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class Piecewise:
     def current(self, start, stop, neurons, time_steps, device, dtype, generator=None) -> Tensor:
         index = (_steps(start, stop, device) // self.segment_steps).clamp_(max=len(self.values) - 1)
         values = torch.as_tensor(self.values, dtype=dtype, device=device)
-        return values[index].expand(-1, neurons)
+        return values[index]
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ class Ramp:
         t = _steps(start, stop, device).to(dtype)
         end = self.offset if self.offset is not None else max(time_steps - 1, self.onset + 1)
         frac = ((t - self.onset) / (end - self.onset)).clamp_(0, 1)
-        amplitude = _as_tensor(self.amplitude, device, dtype).expand(1, neurons)
+        amplitude = _as_tensor(self.amplitude, device, dtype)
         return torch.where(t >= self.onset, self.start + frac * (amplitude - self.start), torch.zeros_like(frac))
 
 
@@ -121,7 +122,7 @@ class Sine:
 
     def current(self, start, stop, neurons, time_steps, device, dtype, generator=None) -> Tensor:
         t = _steps(start, stop, device).to(dtype)
-        wave = self.bias + _as_tensor(self.amplitude, device, dtype).expand(1, neurons) * torch.sin(
+        wave = self.bias + _as_tensor(self.amplitude, device, dtype) * torch.sin(
             2 * math.pi * (t - self.onset) / self.period + self.phase)
         return torch.where(t >= self.onset, wave, torch.zeros_like(wave))
 
@@ -148,7 +149,7 @@ class NoStimulus:
     kind: str = choice("none", KINDS, "stimulus kind (chooses the keys below)")
 
     def current(self, start, stop, neurons, time_steps, device, dtype, generator=None) -> Tensor:
-        return torch.zeros((stop - start, neurons), device=device, dtype=dtype)
+        return torch.zeros((stop - start, 1), device=device, dtype=dtype)
 
 
 STIMULI = {"step": Step, "pulse": Pulse, "piecewise": Piecewise, "ramp": Ramp, "sine": Sine,
