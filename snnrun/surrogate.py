@@ -1,7 +1,7 @@
 """Surrogate gradients: the Heaviside step forward, a smooth stand-in for its derivative backward.
 
-Each is a module-level autograd Function (so networks pickle), keeps the input's
-dtype (half precision works) and stays finite for membranes of any size.
+One module-level autograd Function serves every kind (so networks pickle); it keeps the
+input's dtype (half precision works) and each derivative stays finite for membranes of any size.
 """
 
 from __future__ import annotations
@@ -11,69 +11,47 @@ from dataclasses import dataclass
 
 import torch
 
-KINDS = ("fast_sigmoid", "atan", "sigmoid", "straight_through")
+# Each takes the incoming gradient and returns it times dS/dx.
 
 
-class _FastSigmoid(torch.autograd.Function):
+def _fast_sigmoid(grad: torch.Tensor, x: torch.Tensor, slope: float) -> torch.Tensor:
     """dS/dx = 1 / (slope*|x| + 1)^2  (SuperSpike; Zenke & Ganguli 2018)."""
-
-    @staticmethod
-    def forward(ctx, x, slope):
-        ctx.save_for_backward(x)
-        ctx.slope = slope
-        return (x > 0).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad / (ctx.slope * x.abs() + 1.0).square(), None
+    return grad / (slope * x.abs() + 1.0).square()
 
 
-class _ATan(torch.autograd.Function):
-    """dS/dx = alpha/2 / (1 + (pi/2 * alpha * x)^2)  (Fang et al. 2021; snnTorch's default, alpha = slope)."""
-
-    @staticmethod
-    def forward(ctx, x, slope):
-        ctx.save_for_backward(x)
-        ctx.slope = slope
-        return (x > 0).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        # (pi/2*a*x)^2 overflows to inf for huge x, giving a gradient of exactly 0, never NaN
-        return grad * (ctx.slope / 2) / (1 + (math.pi / 2 * ctx.slope * x).square()), None
+def _atan(grad: torch.Tensor, x: torch.Tensor, slope: float) -> torch.Tensor:
+    """dS/dx = slope/2 / (1 + (pi/2 * slope * x)^2)  (Fang et al. 2021; snnTorch's default, alpha = slope).
+    For huge x the square overflows to inf and the derivative is exactly 0, never NaN."""
+    return grad * (slope / 2) / (1 + (math.pi / 2 * slope * x).square())
 
 
-class _Sigmoid(torch.autograd.Function):
+def _sigmoid(grad: torch.Tensor, x: torch.Tensor, slope: float) -> torch.Tensor:
     """dS/dx = slope * s * (1 - s), s = sigmoid(slope * x) (torch.sigmoid is stable for any x)."""
+    s = torch.sigmoid(slope * x)
+    return grad * slope * s * (1 - s)
 
+
+def _straight_through(grad: torch.Tensor, x: torch.Tensor, slope: float) -> torch.Tensor:
+    """dS/dx = 1: the gradient passes through unchanged."""
+    return grad
+
+
+DERIVATIVES = {"fast_sigmoid": _fast_sigmoid, "atan": _atan, "sigmoid": _sigmoid,
+               "straight_through": _straight_through}
+KINDS = tuple(DERIVATIVES)
+
+
+class _Spike(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, slope):
+    def forward(ctx, x, kind, slope):
         ctx.save_for_backward(x)
-        ctx.slope = slope
+        ctx.kind, ctx.slope = kind, slope
         return (x > 0).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        s = torch.sigmoid(ctx.slope * x)
-        return grad * ctx.slope * s * (1 - s), None
-
-
-class _StraightThrough(torch.autograd.Function):
-    """dS/dx = 1: the gradient passes through unchanged."""
-
-    @staticmethod
-    def forward(ctx, x, slope):
-        return (x > 0).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None
-
-
-_FUNCTIONS = {"fast_sigmoid": _FastSigmoid, "atan": _ATan, "sigmoid": _Sigmoid, "straight_through": _StraightThrough}
+        return DERIVATIVES[ctx.kind](grad, x, ctx.slope), None, None
 
 
 @dataclass(frozen=True)
@@ -84,4 +62,4 @@ class Surrogate:
     slope: float = 25.0
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return _FUNCTIONS[self.kind].apply(x, self.slope)
+        return _Spike.apply(x, self.kind, self.slope)

@@ -258,3 +258,12 @@ def test_nan_loss_stops_the_run_naming_epoch_and_batch_and_keeps_the_last_checkp
         train(small_config(**{"train.epochs": 2}), tmp_path, torch.device("cpu"))
     kept = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     assert kept["epoch"] == 1 and all(torch.isfinite(v).all() for v in kept["model"].values())
+
+
+def test_surrogate_gradients_match_their_formulas():
+    x = torch.tensor([-0.5, 0.0, 0.25], requires_grad=True)
+    Surrogate("fast_sigmoid", 4.0)(x).sum().backward()
+    assert x.grad.tolist() == pytest.approx([1 / 9, 1.0, 1 / 4])  # 1/(4|x| + 1)^2
+    x.grad = None
+    Surrogate("atan", 2.0)(x).sum().backward()
+    assert x.grad[1].item() == pytest.approx(1.0)  # alpha/2 at x = 0
