@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import typing
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -224,13 +225,8 @@ def parse(cls: type, data: Any, *, path: str = "", source: str | None = None,
 
 
 def _section_class(cls: type, name: str) -> type:
-    hints = {f.name: f.type for f in dataclasses.fields(cls)}
-    section = hints[name]
-    if isinstance(section, str):  # postponed annotations: resolve in the class's module
-        import sys
-
-        section = eval(section, vars(sys.modules[cls.__module__]))  # noqa: S307 - our own annotations
-    return section
+    """The dataclass of a nested section (annotations resolved, as `from __future__ import annotations` defers them)."""
+    return typing.get_type_hints(cls)[name]
 
 
 def _join(path: str, name: str) -> str:
