@@ -109,6 +109,14 @@ def snnrun_step(net, optimizer, x, y, settings):
     return loss
 
 
+def mnist_batch(batch: int = BATCH) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first training digits as pixel intensities in [0, 1], and their labels (`make data` provides them)."""
+    from snnrun.data import load_mnist
+
+    train, _ = load_mnist("data")
+    return train.images[:batch].reshape(batch, -1).float() / 255, train.labels[:batch]
+
+
 def train_vs_snntorch(repeats: int) -> dict:
     try:
         import snntorch  # noqa: F401
@@ -122,9 +130,8 @@ def train_vs_snntorch(repeats: int) -> dict:
         ours.linears[0].bias.copy_(theirs.fc1.bias)
         ours.readout.weight.copy_(theirs.fc2.weight)
         ours.readout.bias.copy_(theirs.fc2.bias)
-    pixels = torch.rand(BATCH, 784)
+    pixels, y = mnist_batch()
     x = (torch.rand(STEPS, BATCH, 784) < pixels).float()  # the same Bernoulli input spikes
-    y = torch.randint(0, 10, (BATCH,))
     settings = TrainSettings(loss="ce_membrane")
     opt_theirs = torch.optim.Adam(theirs.parameters(), lr=5e-4)
     opt_ours = torch.optim.Adam(ours.parameters(), lr=5e-4)

@@ -17,6 +17,8 @@ from torch import nn
 
 from snnrun import neurons
 from snnrun.config import ConfigError, choice, field, integer, number, parse
+from snnrun.recurrence import run_sequence
+from snnrun.sparse import spike_linear
 from snnrun.surrogate import KINDS as SURROGATES
 from snnrun.surrogate import Surrogate
 
@@ -163,7 +165,10 @@ class LIFLayer(nn.Module):
     def forward(self, current: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(spikes, membranes), both (time, batch, features)."""
         beta = self.beta.clamp(0, 1)
-        zeros = torch.zeros_like(current[0])
+        if not isinstance(self.threshold, nn.Parameter):  # the fast path: one node, hand-written backward
+            return run_sequence(current, self.model, beta, float(self.alpha), float(self.threshold), self.reset,
+                                self.spike_fn.kind, self.spike_fn.slope)
+        zeros = torch.zeros_like(current[0])  # a learned threshold: autograd through the step functions
         if self.model == "synaptic":
             params = neurons.SynapticParameters(self.alpha, beta, self.threshold, self.reset)
             step, state = neurons.synaptic_step, neurons.SynapticState(zeros, zeros)
@@ -219,14 +224,17 @@ class Network(nn.Module):
             if x.dim() == 2:  # constant over time: one matmul, then a view repeated over the steps
                 current = linear(x).expand(steps, -1, -1)
             else:
-                current = linear(x)  # all steps in one matmul over (time*batch) rows
+                current = spike_linear(x, linear.weight, linear.bias)  # all steps at once, over the spikes
             x, _ = lif(current)
             counts.append(x.detach().sum())
             if record:
                 recorded.append(x.detach())
             if p > 0 and self.training:
                 x = spike_dropout(x, p)
-        current = self.readout(x) if x.dim() == 3 else self.readout(x).expand(steps, -1, -1)
+        if x.dim() == 3:
+            current = spike_linear(x, self.readout.weight, self.readout.bias)
+        else:
+            current = self.readout(x).expand(steps, -1, -1)
         if self.output_neurons is None:
             logits = current.mean(dim=0)
             counts.append(torch.zeros((), device=logits.device))

@@ -1,0 +1,110 @@
+"""The leaky and synaptic recurrences over a whole (time, batch, neurons) current, as one autograd Function.
+
+The forward pass runs the same difference equations as `snnrun.neurons.leaky_step` and `synaptic_step`
+(snnTorch's delayed reset), but outside autograd, writing each step into preallocated (time, ...) tensors:
+three tensor operations per step instead of a dozen recorded ones.
+
+The backward pass is written out. The reset is driven by the previous step's spike, which carries no gradient,
+so the adjoint of the membrane is a linear recurrence backwards in time:
+
+    c[t] = dL/dS[t] * surrogate'(U[t] - threshold) + dL/dU[t]
+    a[t] = c[t] + k[t+1] * a[t+1]          (dL/dU[t] in total; k = beta, or beta*(1 - S) for the zero reset)
+    b[t] = f[t]*a[t] + alpha * b[t+1]      (synaptic only: dL/dI_syn[t]; f = 1 - S[t-1] for zero, else 1)
+
+Each backward step is one fused in-place operation (for 25 steps of 128 x 1000 neurons that measured 0.6 ms, a
+(time x time) matrix of powers of beta applied in one matrix multiply 4 ms). The surrogate derivative is
+evaluated once on the whole saved membrane tensor. `tests/test_recurrence.py` checks spikes,
+membranes and every gradient against autograd through the step functions.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from snnrun.surrogate import DERIVATIVES
+
+Tensor = torch.Tensor
+
+
+def _scalar(x: Tensor) -> float | None:
+    """A 0-dim tensor as a float (fast scalar arithmetic), else None."""
+    return float(x) if x.dim() == 0 else None
+
+
+class _Recurrence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, current, beta, alpha, threshold, model, reset, kind, slope):
+        ctx.set_materialize_grads(False)  # an unused output (often the membrane) brings no gradient pass
+        mem, spk = torch.empty_like(current), torch.empty_like(current)
+        b = _scalar(beta)
+        u = s = torch.zeros_like(current[0])
+        syn = torch.zeros_like(current[0]) if model == "synaptic" else None
+        with torch.no_grad():
+            for t in range(current.shape[0]):
+                drive = current[t]
+                if syn is not None:
+                    syn = drive = torch.add(drive, syn, alpha=alpha)
+                if reset == "zero":  # leaky: beta*(U*(1 - S)) + I;  synaptic: (1 - S)*(beta*U + I_syn)
+                    u = u * (1 - s)
+                    if syn is not None:
+                        drive = drive * (1 - s)
+                if b is not None:
+                    torch.add(drive, u, alpha=b, out=mem[t])
+                else:
+                    torch.addcmul(drive, beta, u, out=mem[t])
+                if reset == "subtract":
+                    mem[t].sub_(s, alpha=threshold)
+                torch.gt(mem[t], threshold, out=spk[t])
+                u, s = mem[t], spk[t]
+        ctx.save_for_backward(mem, spk, beta)
+        ctx.settings = (alpha, threshold, model, reset, kind, slope)
+        return spk, mem
+
+    @staticmethod
+    def backward(ctx, grad_spikes, grad_mem):
+        mem, spk, beta = ctx.saved_tensors
+        alpha, threshold, model, reset, kind, slope = ctx.settings
+        steps = mem.shape[0]
+        if grad_spikes is None and grad_mem is None:
+            return (None,) * 8
+        if grad_spikes is None:
+            c = grad_mem.clone()
+        else:
+            c = DERIVATIVES[kind](grad_spikes, mem - threshold, slope)
+            if c is grad_spikes:  # straight-through hands the gradient back unchanged: never write into it
+                c = c.clone()
+            if grad_mem is not None:
+                c.add_(grad_mem)
+        b = _scalar(beta)
+        # keep[t] = 1 - S[t-1]: the factor the zero reset puts on step t's update
+        keep = torch.cat([torch.ones_like(spk[:1]), 1 - spk[:-1]]) if reset == "zero" else None
+        a = c  # becomes dL/dU in total, in place, one fused operation per step
+        for t in range(steps - 2, -1, -1):
+            if keep is not None:
+                a[t].addcmul_(beta * keep[t + 1], a[t + 1])
+            elif b is not None:
+                a[t].add_(a[t + 1], alpha=b)
+            else:
+                a[t].addcmul_(beta, a[t + 1])
+        grad_beta = None
+        if ctx.needs_input_grad[1]:
+            previous = torch.cat([torch.zeros_like(mem[:1]), mem[:-1]])
+            if keep is not None:
+                previous = previous * keep
+            grad_beta = (a * previous).sum_to_size(beta.shape)
+        if model == "synaptic":  # dL/dI_syn[t] = keep[t]*a[t] + alpha*dL/dI_syn[t+1]
+            if keep is not None:
+                a.mul_(keep)
+            for t in range(steps - 2, -1, -1):
+                a[t].add_(a[t + 1], alpha=alpha)
+        return a, grad_beta, None, None, None, None, None, None
+
+
+def run_sequence(current: Tensor, model: str, beta: Tensor, alpha: float, threshold: float, reset: str,
+                 kind: str, slope: float) -> tuple[Tensor, Tensor]:
+    """(spikes, membranes) of `leaky` or `synaptic` neurons over current (time, ...), one autograd node.
+
+    beta: a 0-dim tensor or one value per neuron (it gets a gradient when it requires one); alpha and threshold:
+    floats; kind and slope: the surrogate (`snnrun.surrogate.DERIVATIVES`).
+    """
+    return _Recurrence.apply(current, beta, float(alpha), float(threshold), model, reset, kind, slope)
