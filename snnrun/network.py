@@ -39,6 +39,8 @@ class NeuronSpec:
     alpha: float = number(0.8, "synaptic current decay per step (synaptic model)", minimum=0, maximum=1)
     threshold: float = number(1.0, "firing threshold", minimum=0, exclusive_minimum=True)
     reset: str = choice("subtract", neurons.RESETS, "reset mechanism after a spike")
+    reset_delay: bool = field(True, "bool", "true: a spike resets the membrane at the next step (snnTorch); "
+                              "false: at once, in the step that fires (Norse, SpikingJelly)")
     learn_beta: bool = field(False, "bool", "learn one decay per neuron")
     learn_threshold: bool = field(False, "bool", "learn one threshold per neuron")
 
@@ -151,7 +153,7 @@ class LIFLayer(nn.Module):
 
     def __init__(self, size: int, spec: NeuronSpec, spike_fn: Surrogate):
         super().__init__()
-        self.model, self.reset, self.spike_fn = spec.model, spec.reset, spike_fn
+        self.model, self.reset, self.reset_delay, self.spike_fn = spec.model, spec.reset, spec.reset_delay, spike_fn
         beta = torch.full((size,), spec.decay) if spec.learn_beta else torch.tensor(spec.decay)
         threshold = torch.full((size,), spec.threshold) if spec.learn_threshold else torch.tensor(spec.threshold)
         alpha = torch.tensor(spec.alpha)
@@ -167,13 +169,13 @@ class LIFLayer(nn.Module):
         beta = self.beta.clamp(0, 1)
         if not isinstance(self.threshold, nn.Parameter):  # the fast path: one node, hand-written backward
             return run_sequence(current, self.model, beta, float(self.alpha), float(self.threshold), self.reset,
-                                self.spike_fn.kind, self.spike_fn.slope)
+                                self.spike_fn.kind, self.spike_fn.slope, self.reset_delay)
         zeros = torch.zeros_like(current[0])  # a learned threshold: autograd through the step functions
         if self.model == "synaptic":
-            params = neurons.SynapticParameters(self.alpha, beta, self.threshold, self.reset)
+            params = neurons.SynapticParameters(self.alpha, beta, self.threshold, self.reset, self.reset_delay)
             step, state = neurons.synaptic_step, neurons.SynapticState(zeros, zeros)
         else:
-            params = neurons.LeakyParameters(beta, self.threshold, self.reset)
+            params = neurons.LeakyParameters(beta, self.threshold, self.reset, self.reset_delay)
             step, state = neurons.leaky_step, neurons.LeakyState(zeros)
         spikes, membranes = [], []
         for t in range(current.shape[0]):

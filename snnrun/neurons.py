@@ -46,6 +46,17 @@ class LeakyParameters:
     beta: Scalar = 0.8
     threshold: Scalar = 1.0
     reset: str = "subtract"
+    reset_delay: bool = True  # False: reset in the step that fires (Norse, SpikingJelly), no gradient through it
+
+
+def _reset_now(v: Tensor, spikes: Tensor, threshold: Scalar, reset: str) -> Tensor:
+    """The membrane after an immediate reset by the spikes just emitted (the reset carries no gradient)."""
+    fired = spikes.detach()
+    if reset == "subtract":
+        return v - fired * threshold
+    if reset == "zero":
+        return v * (1 - fired)
+    return v
 
 
 def leaky_step(current: Tensor, state: LeakyState, p: LeakyParameters,
@@ -54,8 +65,13 @@ def leaky_step(current: Tensor, state: LeakyState, p: LeakyParameters,
        U[t] = beta*(1 - S[t-1])*U[t-1] + I[t]        (zero)
        U[t] = beta*U[t-1] + I[t]                     (none)
        S[t] = H(U[t] - threshold),  S[t-1] = H(U[t-1] - threshold) carries no gradient.
+    With reset_delay False: S[t] = H(beta*U[t-1] + I[t] - threshold), then U[t] is reset by S[t] at once.
     """
     u = state.membrane
+    if not p.reset_delay:
+        v = p.beta * u + current
+        spikes = spike_fn(v - p.threshold)
+        return spikes, LeakyState(_reset_now(v, spikes, p.threshold, p.reset))
     if p.reset == "subtract":
         u = p.beta * u + current - heaviside(u - p.threshold) * p.threshold
     elif p.reset == "zero":
@@ -115,6 +131,7 @@ class SynapticParameters:
     beta: Scalar = 0.8
     threshold: Scalar = 1.0
     reset: str = "subtract"
+    reset_delay: bool = True  # False: reset in the step that fires, as in leaky_step
 
 
 def synaptic_step(current: Tensor, state: SynapticState, p: SynapticParameters,
@@ -126,6 +143,9 @@ def synaptic_step(current: Tensor, state: SynapticState, p: SynapticParameters,
     u = state.membrane
     syn = p.alpha * state.synaptic_current + current
     v = p.beta * u + syn
+    if not p.reset_delay:
+        spikes = spike_fn(v - p.threshold)
+        return spikes, SynapticState(syn, _reset_now(v, spikes, p.threshold, p.reset))
     if p.reset == "subtract":
         v = v - heaviside(u - p.threshold) * p.threshold
     elif p.reset == "zero":

@@ -33,9 +33,11 @@ def _scalar(x: Tensor) -> float | None:
 
 class _Recurrence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, current, beta, alpha, threshold, model, reset, kind, slope):
+    def forward(ctx, current, beta, alpha, threshold, model, reset, delayed, kind, slope):
         ctx.set_materialize_grads(False)  # an unused output (often the membrane) brings no gradient pass
         mem, spk = torch.empty_like(current), torch.empty_like(current)
+        # pre[t]: the membrane the spike is judged on; with an immediate reset it differs from mem[t]
+        pre = mem if delayed or reset == "none" else torch.empty_like(current)
         b = _scalar(beta)
         u = s = torch.zeros_like(current[0])
         syn = torch.zeros_like(current[0]) if model == "synaptic" else None
@@ -44,67 +46,76 @@ class _Recurrence(torch.autograd.Function):
                 drive = current[t]
                 if syn is not None:
                     syn = drive = torch.add(drive, syn, alpha=alpha)
-                if reset == "zero":  # leaky: beta*(U*(1 - S)) + I;  synaptic: (1 - S)*(beta*U + I_syn)
+                if delayed and reset == "zero":  # leaky: beta*(U*(1 - S)) + I;  synaptic: (1 - S)*(beta*U + I_syn)
                     u = u * (1 - s)
                     if syn is not None:
                         drive = drive * (1 - s)
                 if b is not None:
-                    torch.add(drive, u, alpha=b, out=mem[t])
+                    torch.add(drive, u, alpha=b, out=pre[t])
                 else:
-                    torch.addcmul(drive, beta, u, out=mem[t])
-                if reset == "subtract":
-                    mem[t].sub_(s, alpha=threshold)
-                torch.gt(mem[t], threshold, out=spk[t])
+                    torch.addcmul(drive, beta, u, out=pre[t])
+                if delayed and reset == "subtract":
+                    pre[t].sub_(s, alpha=threshold)
+                torch.gt(pre[t], threshold, out=spk[t])
+                if pre is not mem:  # immediate reset by this step's spikes
+                    if reset == "subtract":
+                        torch.sub(pre[t], spk[t], alpha=threshold, out=mem[t])
+                    else:
+                        torch.addcmul(pre[t], pre[t], spk[t], value=-1, out=mem[t])
                 u, s = mem[t], spk[t]
-        ctx.save_for_backward(mem, spk, beta)
-        ctx.settings = (alpha, threshold, model, reset, kind, slope)
+        ctx.save_for_backward(pre, mem, spk, beta)
+        ctx.settings = (alpha, threshold, model, reset, delayed, kind, slope)
         return spk, mem
 
     @staticmethod
     def backward(ctx, grad_spikes, grad_mem):
-        mem, spk, beta = ctx.saved_tensors
-        alpha, threshold, model, reset, kind, slope = ctx.settings
+        pre, mem, spk, beta = ctx.saved_tensors
+        alpha, threshold, model, reset, delayed, kind, slope = ctx.settings
         steps = mem.shape[0]
+        nothing = (None,) * 9
         if grad_spikes is None and grad_mem is None:
-            return (None,) * 8
+            return nothing
+        # fired[t] = 1 - S[t]: the factor the zero reset puts on the membrane carried out of step t
+        kept = 1 - spk if reset == "zero" else None
+        if grad_mem is not None and kept is not None and not delayed:
+            grad_mem = grad_mem * kept  # U[t] = pre[t] * (1 - S[t]) with S carrying no gradient
         if grad_spikes is None:
             c = grad_mem.clone()
         else:
-            c = DERIVATIVES[kind](grad_spikes, mem - threshold, slope)
+            c = DERIVATIVES[kind](grad_spikes, pre - threshold, slope)
             if c is grad_spikes:  # straight-through hands the gradient back unchanged: never write into it
                 c = c.clone()
             if grad_mem is not None:
                 c.add_(grad_mem)
         b = _scalar(beta)
-        # keep[t] = 1 - S[t-1]: the factor the zero reset puts on step t's update
-        keep = torch.cat([torch.ones_like(spk[:1]), 1 - spk[:-1]]) if reset == "zero" else None
-        a = c  # becomes dL/dU in total, in place, one fused operation per step
+        a = c  # becomes dL/dpre in total, in place, one fused operation per step
         for t in range(steps - 2, -1, -1):
-            if keep is not None:
-                a[t].addcmul_(beta * keep[t + 1], a[t + 1])
+            if kept is not None:
+                a[t].addcmul_(beta * kept[t], a[t + 1])
             elif b is not None:
                 a[t].add_(a[t + 1], alpha=b)
             else:
                 a[t].addcmul_(beta, a[t + 1])
         grad_beta = None
-        if ctx.needs_input_grad[1]:
+        if ctx.needs_input_grad[1]:  # d pre[t] / d beta = the membrane carried in from step t-1
             previous = torch.cat([torch.zeros_like(mem[:1]), mem[:-1]])
-            if keep is not None:
-                previous = previous * keep
+            if kept is not None and delayed:
+                previous = previous * torch.cat([torch.ones_like(kept[:1]), kept[:-1]])
             grad_beta = (a * previous).sum_to_size(beta.shape)
-        if model == "synaptic":  # dL/dI_syn[t] = keep[t]*a[t] + alpha*dL/dI_syn[t+1]
-            if keep is not None:
-                a.mul_(keep)
+        if model == "synaptic":  # dL/dI_syn[t] = f[t]*a[t] + alpha*dL/dI_syn[t+1], f[t] = 1 - S[t-1] if delayed zero
+            if kept is not None and delayed:
+                a[1:].mul_(kept[:-1])
             for t in range(steps - 2, -1, -1):
                 a[t].add_(a[t + 1], alpha=alpha)
-        return a, grad_beta, None, None, None, None, None, None
+        return a, grad_beta, None, None, None, None, None, None, None
 
 
 def run_sequence(current: Tensor, model: str, beta: Tensor, alpha: float, threshold: float, reset: str,
-                 kind: str, slope: float) -> tuple[Tensor, Tensor]:
+                 kind: str, slope: float, reset_delay: bool = True) -> tuple[Tensor, Tensor]:
     """(spikes, membranes) of `leaky` or `synaptic` neurons over current (time, ...), one autograd node.
 
     beta: a 0-dim tensor or one value per neuron (it gets a gradient when it requires one); alpha and threshold:
-    floats; kind and slope: the surrogate (`snnrun.surrogate.DERIVATIVES`).
+    floats; kind and slope: the surrogate (`snnrun.surrogate.DERIVATIVES`); reset_delay as in `neurons`.
     """
-    return _Recurrence.apply(current, beta, float(alpha), float(threshold), model, reset, kind, slope)
+    return _Recurrence.apply(current, beta, float(alpha), float(threshold), model, reset, bool(reset_delay),
+                             kind, slope)

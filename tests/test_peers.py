@@ -1,4 +1,5 @@
-"""snnrun's neurons against the peers they claim to match: snnTorch and Brian2 (skipped when not installed)."""
+"""snnrun's neurons against the peers they claim to match: snnTorch, SpikingJelly and Brian2 (each skipped when
+not installed)."""
 
 import numpy as np
 import pytest
@@ -81,6 +82,34 @@ def test_synaptic_matches_snntorch(reset):
     assert s1.sum() > 20
     assert torch.equal(s1, s2)
     assert torch.allclose(m1, m2, atol=1e-5)
+
+
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+def test_network_layer_matches_spikingjelly_multistep_lif(reset):
+    """SpikingJelly's LIFNode (decay_input=False, detached reset) is snnrun's leaky neuron with reset_delay false:
+    beta = 1 - 1/tau, v_reset None = subtract, 0 = zero. Same spikes, membranes and gradients."""
+    pytest.importorskip("spikingjelly")
+    from spikingjelly.activation_based import neuron, surrogate
+
+    from snnrun.network import LIFLayer, NeuronSpec
+    from snnrun.surrogate import Surrogate
+
+    tau = 5.0
+    x = (inputs(steps=60, neurons=30, seed=4) * 0.8).unsqueeze(1).repeat(1, 2, 1).requires_grad_()
+    weights = torch.randn(2, *x.shape, generator=torch.Generator().manual_seed(5))
+    sj = neuron.LIFNode(tau=tau, decay_input=False, v_reset=None if reset == "subtract" else 0.0,
+                        surrogate_function=surrogate.ATan(alpha=2.0), detach_reset=True, step_mode="m",
+                        store_v_seq=True)
+    s2 = sj(x)
+    m2 = sj.v_seq
+    (g2,) = torch.autograd.grad((s2 * weights[0]).sum() + (m2 * weights[1]).sum(), x)
+    layer = LIFLayer(30, NeuronSpec(beta=1 - 1 / tau, reset=reset, reset_delay=False), Surrogate("atan", 2.0))
+    s1, m1 = layer(x)
+    (g1,) = torch.autograd.grad((s1 * weights[0]).sum() + (m1 * weights[1]).sum(), x)
+    assert s1.sum() > 50
+    assert torch.equal(s1, s2)
+    torch.testing.assert_close(m1, m2, atol=1e-5, rtol=0)
+    torch.testing.assert_close(g1, g2, atol=1e-4, rtol=1e-4)
 
 
 def brian2_lif(amplitudes_na, steps, dt_ms, method, refractory_ms, onset, offset):

@@ -10,13 +10,13 @@ from snnrun.recurrence import run_sequence
 from snnrun.surrogate import KINDS, Surrogate
 
 
-def by_steps(current, model, beta, alpha, threshold, reset, spike_fn):
+def by_steps(current, model, beta, alpha, threshold, reset, spike_fn, delay=True):
     zeros = torch.zeros_like(current[0])
     if model == "synaptic":
-        params = neurons.SynapticParameters(alpha, beta, threshold, reset)
+        params = neurons.SynapticParameters(alpha, beta, threshold, reset, delay)
         step, state = neurons.synaptic_step, neurons.SynapticState(zeros, zeros)
     else:
-        params = neurons.LeakyParameters(beta, threshold, reset)
+        params = neurons.LeakyParameters(beta, threshold, reset, delay)
         step, state = neurons.leaky_step, neurons.LeakyState(zeros)
     spikes, membranes = [], []
     for t in range(current.shape[0]):
@@ -39,8 +39,9 @@ def gradients(fn, current, beta, weights):
 @pytest.mark.parametrize("model", ["leaky", "synaptic"])
 @pytest.mark.parametrize("reset", neurons.RESETS)
 @pytest.mark.parametrize("per_neuron", [False, True])
-def test_matches_autograd_through_the_steps(model, reset, per_neuron):
-    g = torch.Generator().manual_seed(hash((model, reset, per_neuron)) % 2**31)
+@pytest.mark.parametrize("delay", [True, False])
+def test_matches_autograd_through_the_steps(model, reset, per_neuron, delay):
+    g = torch.Generator().manual_seed(sum(map(ord, f"{model}{reset}{per_neuron}{delay}")))
     steps, batch, size = 12, 3, 7
     current = torch.rand(steps, batch, size, generator=g, dtype=torch.float64) * 0.9
     beta = (torch.rand(size, generator=g, dtype=torch.float64) * 0.5 + 0.45) if per_neuron \
@@ -48,10 +49,10 @@ def test_matches_autograd_through_the_steps(model, reset, per_neuron):
     weights = torch.randn(2, steps, batch, size, generator=g, dtype=torch.float64)
     for kind in KINDS:
         def steps_fn(c, b, kind=kind):
-            return by_steps(c, model, b, 0.7, 1.0, reset, Surrogate(kind, 4.0))
+            return by_steps(c, model, b, 0.7, 1.0, reset, Surrogate(kind, 4.0), delay)
 
         def sequence_fn(c, b, kind=kind):
-            return run_sequence(c, model, b, 0.7, 1.0, reset, kind, 4.0)
+            return run_sequence(c, model, b, 0.7, 1.0, reset, kind, 4.0, reset_delay=delay)
 
         ref = gradients(steps_fn, current, beta, weights)
         new = gradients(sequence_fn, current, beta, weights)
