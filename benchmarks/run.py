@@ -1,15 +1,22 @@
 """snnrun against its peers on the same work, in one process run: `make bench` or `python benchmarks/run.py`.
 
-Rows:
+Rows (each peer's network is written in its own idiom in benchmarks/peers.py):
 - roofline: float32 GEMM GFLOP/s of this machine;
-- train/snntorch: snnTorch tutorial 5 (784-1000-10 Leaky beta 0.95, Bernoulli rate input, 25 steps, batch 128,
-  membrane cross-entropy summed over steps, Adam 5e-4) in snnTorch's own idiom and in snnrun, from the same
-  initial weights and the same input spikes; the first-batch losses must agree within 1e-4 before timing;
-- simulate/brian2: `lif` with 10,000 and 100,000 neurons for 2,000 steps against Brian2 (its default code
-  generation target; its first, compiling run reported apart), with equal spike counts required.
+- train: snnTorch's tutorial 5 (784-1000-10 Leaky beta 0.95, Bernoulli rate input from real MNIST digits,
+  25 steps, batch 128, membrane cross-entropy summed over steps, Adam 5e-4) against snnrun, and the same network
+  with SpikingJelly's multi-step LIFNode against snnrun with `reset_delay: false`; same initial weights, same
+  input spikes, first-batch losses checked within 1e-4 before timing. Norse's tutorial network (784-128-10,
+  10 steps, constant input recomputed through the first layer every step, batch 32) against
+  configs/norse_tutorial.yaml's network (timed only: the neuron dynamics differ, see the README);
+- crossover: the first layer's forward + weight gradient, dense GEMM against snnrun's gather over spikes, by
+  input spike density;
+- open-neuromorphic: one Linear + LIF layer, batch 16, 500 steps, forward + backward of output.sum(), for
+  snnrun and each installed peer (16,384 neurons on a GPU; 4,096 on a CPU, where 16,384 takes minutes a pass);
+- simulate: `lif` with 10,000 and 100,000 neurons for 2,000 steps against Brian2 (its default code generation
+  target; its first, compiling run reported apart), with equal spike counts required.
 
 Timings are medians after warm-up, with a fixed number of torch threads (`--threads`, default 2), and never
-two benchmarks at once. Results go to benchmarks/results/<hostname>-<date>.json and a rich table.
+two benchmarks at once. Results go to benchmarks/results/<hostname>-<date>[-cuda].json and a rich table.
 """
 
 from __future__ import annotations
@@ -23,16 +30,25 @@ import statistics
 import time
 from pathlib import Path
 
+import peers
 import torch
 from rich.console import Console
 from rich.table import Table
 
-from snnrun.network import Network, parse_model
+from snnrun.network import LIFLayer, Network, NeuronSpec, parse_model
 from snnrun.simulation import parse_simulation, simulate
+from snnrun.sparse import _SpikeLinear, spike_linear
+from snnrun.surrogate import Surrogate
 from snnrun.training import TrainSettings, loss_of
 
 RESULTS = Path(__file__).resolve().parent / "results"
 console = Console()
+DEVICE = torch.device("cpu")
+
+
+def sync():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def median_seconds(fn, repeats: int, warmup: int = 2) -> float:
@@ -40,73 +56,41 @@ def median_seconds(fn, repeats: int, warmup: int = 2) -> float:
         fn()
     times = []
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def installed(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- roofline
 
 
 def roofline(size: int = 2048) -> dict:
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    if DEVICE.type == "cuda":
+        size = 8192
+    a, b = torch.randn(size, size, device=DEVICE), torch.randn(size, size, device=DEVICE)
     seconds = median_seconds(lambda: a @ b, repeats=10)
     return {"gflops": 2 * size**3 / seconds / 1e9, "size": size}
 
 
-# --------------------------------------------------------------------------- training: snnTorch tutorial 5
+# --------------------------------------------------------------------------- training
 
 
 TUTORIAL5 = {"hidden": [1000], "neuron": {"model": "leaky", "beta": 0.95}, "surrogate": {"kind": "atan", "slope": 2.0},
              "readout": "rate"}
+NORSE = {"hidden": [128], "neuron": {"model": "synaptic", "alpha": 0.8, "beta": 0.9, "reset": "zero"},
+         "surrogate": {"kind": "fast_sigmoid", "slope": 100.0}, "readout": "mean_current"}
 STEPS, BATCH = 25, 128
-
-
-def tutorial5_snntorch():
-    import snntorch as snn
-    from torch import nn
-
-    class Net(nn.Module):  # as written in snnTorch's tutorial 5
-        def __init__(self):
-            super().__init__()
-            self.fc1 = nn.Linear(784, 1000)
-            self.lif1 = snn.Leaky(beta=0.95)
-            self.fc2 = nn.Linear(1000, 10)
-            self.lif2 = snn.Leaky(beta=0.95)
-
-        def forward(self, x):
-            mem1, mem2 = self.lif1.init_leaky(), self.lif2.init_leaky()
-            spk2_rec, mem2_rec = [], []
-            for step in range(x.shape[0]):
-                cur1 = self.fc1(x[step])
-                spk1, mem1 = self.lif1(cur1, mem1)
-                cur2 = self.fc2(spk1)
-                spk2, mem2 = self.lif2(cur2, mem2)
-                spk2_rec.append(spk2)
-                mem2_rec.append(mem2)
-            return torch.stack(spk2_rec), torch.stack(mem2_rec)
-
-    return Net()
-
-
-def snntorch_step(net, optimizer, x, y):
-    _, mem = net(x)
-    loss = torch.zeros(())
-    for step in range(x.shape[0]):
-        loss = loss + torch.nn.functional.cross_entropy(mem[step], y)
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
-    return loss
-
-
-def snnrun_step(net, optimizer, x, y, settings):
-    loss = loss_of(net(x), y, settings, STEPS)
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
-    return loss
 
 
 def mnist_batch(batch: int = BATCH) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,32 +101,144 @@ def mnist_batch(batch: int = BATCH) -> tuple[torch.Tensor, torch.Tensor]:
     return train.images[:batch].reshape(batch, -1).float() / 255, train.labels[:batch]
 
 
-def train_vs_snntorch(repeats: int) -> dict:
-    try:
-        import snntorch  # noqa: F401
-    except ImportError:
-        return {"skipped": "snntorch is not installed (pip install -e '.[peers]')"}
+def step_of(model, optimizer, loss_fn, x, y):
+    def step():
+        loss = loss_fn(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss
+    return step
+
+
+def membrane_ce(output, y):
+    """snnTorch tutorial 5's loss: cross-entropy of the output membrane at every step, summed over steps."""
+    _, mem = output
+    return sum(torch.nn.functional.cross_entropy(m, y) for m in mem)
+
+
+def copy_weights(ours: Network, first: torch.nn.Linear, last: torch.nn.Linear) -> None:
+    with torch.no_grad():
+        ours.linears[0].weight.copy_(first.weight)
+        ours.readout.weight.copy_(last.weight)
+        for mine, theirs in ((ours.linears[0], first), (ours.readout, last)):
+            if theirs.bias is None:
+                mine.bias.zero_()
+            else:
+                mine.bias.copy_(theirs.bias)
+
+
+def train_row(peer: str, repeats: int) -> dict:
+    module = {"snnTorch": "snntorch", "SpikingJelly": "spikingjelly", "Norse": "norse"}[peer]
+    if not installed(module):
+        return {"peer": peer, "skipped": f"{module} is not installed (make bench installs it)"}
     torch.manual_seed(0)
-    theirs = tutorial5_snntorch()
-    ours = Network(parse_model(TUTORIAL5, "model", "bench"), STEPS)
-    with torch.no_grad():  # the same initial weights
-        ours.linears[0].weight.copy_(theirs.fc1.weight)
-        ours.linears[0].bias.copy_(theirs.fc1.bias)
-        ours.readout.weight.copy_(theirs.fc2.weight)
-        ours.readout.bias.copy_(theirs.fc2.bias)
-    pixels, y = mnist_batch()
-    x = (torch.rand(STEPS, BATCH, 784) < pixels).float()  # the same Bernoulli input spikes
-    settings = TrainSettings(loss="ce_membrane")
-    opt_theirs = torch.optim.Adam(theirs.parameters(), lr=5e-4)
-    opt_ours = torch.optim.Adam(ours.parameters(), lr=5e-4)
-    first_theirs = float(snntorch_step(theirs, opt_theirs, x, y).detach())
-    first_ours = float(snnrun_step(ours, opt_ours, x, y, settings).detach())
-    if abs(first_theirs - first_ours) > 1e-4:
-        raise SystemExit(f"first-batch losses differ: snnTorch {first_theirs} vs snnrun {first_ours}")
-    t_theirs = median_seconds(lambda: snntorch_step(theirs, opt_theirs, x, y), repeats)
-    t_ours = median_seconds(lambda: snnrun_step(ours, opt_ours, x, y, settings), repeats)
-    return {"first_loss": first_ours, "peer_samples_per_s": BATCH / t_theirs, "snnrun_samples_per_s": BATCH / t_ours,
-            "ratio": t_theirs / t_ours}
+    if peer == "Norse":
+        theirs, spec, steps, batch = peers.norse_tutorial(), NORSE, 10, 32
+    else:
+        theirs = peers.snntorch_tutorial5() if peer == "snnTorch" else peers.spikingjelly_tutorial5()
+        spec, steps, batch = TUTORIAL5, STEPS, BATCH
+        if peer == "SpikingJelly":
+            spec = {**spec, "neuron": {**spec["neuron"], "reset_delay": False}}
+    ours = Network(parse_model(spec, "model", "bench"), steps)
+    first, last = (theirs.fc_in, theirs.fc_out) if peer == "Norse" else (theirs.fc1, theirs.fc2)
+    copy_weights(ours, first, last)
+    theirs, ours = theirs.to(DEVICE), ours.to(DEVICE)
+    pixels, y = (t.to(DEVICE) for t in mnist_batch(batch))
+    lr = 5e-4 if peer != "Norse" else 2e-3
+    opt_theirs = torch.optim.Adam(theirs.parameters(), lr=lr)
+    opt_ours = torch.optim.Adam(ours.parameters(), lr=lr)
+    if peer == "Norse":  # constant current, x32 as Norse's tutorial scales it; ours runs the first layer once
+        x_theirs, x_ours = (32 * pixels).expand(steps, -1, -1), 3.2 * pixels
+
+        def loss_theirs(output, y):  # Norse's decoder: max over time, log-softmax, NLL
+            voltages = output[1]
+            return torch.nn.functional.nll_loss(torch.log_softmax(voltages.max(0).values, 1), y)
+
+        def loss_ours(output, y):
+            return loss_of(output, y, TrainSettings(loss="ce"), steps)
+    else:
+        x_theirs = x_ours = (torch.rand(steps, batch, 784, device=DEVICE) < pixels).float()  # the same spikes
+        loss_theirs = membrane_ce
+
+        def loss_ours(output, y):
+            return loss_of(output, y, TrainSettings(loss="ce_membrane"), steps)
+    step_theirs = step_of(theirs, opt_theirs, loss_theirs, x_theirs, y)
+    step_ours = step_of(ours, opt_ours, loss_ours, x_ours, y)
+    first_theirs, first_ours = float(step_theirs()), float(step_ours())
+    same = peer != "Norse"
+    if same and abs(first_theirs - first_ours) > 1e-4:
+        raise SystemExit(f"{peer}: first-batch losses differ: {first_theirs} vs snnrun {first_ours}")
+    t_theirs = median_seconds(step_theirs, repeats)
+    t_ours = median_seconds(step_ours, repeats)
+    return {"peer": peer, "network": "norse tutorial 784-128-10, 10 steps, batch 32" if peer == "Norse" else
+            "tutorial 5, 784-1000-10, 25 steps, batch 128", "same_numbers": same,
+            "first_loss_peer": first_theirs, "first_loss_snnrun": first_ours,
+            "peer_samples_per_s": batch / t_theirs, "snnrun_samples_per_s": batch / t_ours, "ratio": t_theirs / t_ours}
+
+
+# --------------------------------------------------------------------------- sparse first layer: cross-over
+
+
+def crossover(repeats: int) -> list[dict]:
+    """Forward + weight gradient of the tutorial-5 first layer (3,200 rows x 784 -> 1,000), dense vs gathered."""
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(1000, 784, generator=g, requires_grad=True)
+    upstream = torch.randn(STEPS * BATCH, 1000, generator=g)
+    rows = []
+    for density in (0.02, 0.05, 0.1, 0.13, 0.2, 0.3, 0.5):
+        x = (torch.rand(STEPS * BATCH, 784, generator=g) < density).float()
+
+        def dense(x=x):
+            torch.nn.functional.linear(x, weight).backward(upstream)
+
+        def gathered(x=x):
+            _SpikeLinear.apply(x, weight, None).backward(upstream)
+
+        rows.append({"density": density, "dense_ms": 1e3 * median_seconds(dense, repeats),
+                     "gather_ms": 1e3 * median_seconds(gathered, repeats)})
+    return rows
+
+
+# --------------------------------------------------------------------------- open-neuromorphic
+
+
+def open_neuromorphic(neurons: int, repeats: int, tf32: bool = False) -> list[dict]:
+    steps, batch = 500, 16
+    x = torch.randn(steps, batch, neurons, device=DEVICE)
+    rows = []
+    for peer in ("snnrun", "snnTorch", "SpikingJelly", "Norse"):
+        module = {"snnrun": "snnrun", "snnTorch": "snntorch", "SpikingJelly": "spikingjelly", "Norse": "norse"}[peer]
+        if not installed(module):
+            rows.append({"peer": peer, "skipped": f"{module} is not installed"})
+            continue
+        torch.manual_seed(0)
+        if peer == "snnrun":
+            linear = torch.nn.Linear(neurons, neurons)
+            lif = LIFLayer(neurons, NeuronSpec(beta=0.95), Surrogate("atan", 2.0))
+            model = torch.nn.Sequential(linear, lif).to(DEVICE)
+
+            def forward(model=model, linear=linear, lif=lif):
+                return lif(spike_linear(x, linear.weight, linear.bias))[0]
+        else:
+            model = peers.open_neuromorphic(peer, neurons).to(DEVICE)
+
+            def forward(model=model):
+                return model(x)
+        state: dict = {}
+
+        def run_forward(forward=forward, state=state):
+            state["out"] = forward()
+
+        def run_backward(state=state):
+            state["out"].sum().backward(retain_graph=True)
+
+        t_forward = median_seconds(run_forward, repeats, warmup=1)
+        run_forward()
+        t_backward = median_seconds(run_backward, repeats, warmup=1)
+        rows.append({"peer": peer, "forward_s": t_forward, "backward_s": t_backward, "total_s": t_forward + t_backward})
+        del state, model
+    return rows
 
 
 # --------------------------------------------------------------------------- simulation: Brian2
@@ -198,49 +294,93 @@ def simulate_vs_brian2(neurons: int, steps: int = 2000) -> dict:
 
 
 def main() -> None:
+    global DEVICE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10, help="timed batches per training row")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--neurons", type=int, default=None,
+                        help="open-neuromorphic layer size (default 16,384 on a GPU, 4,096 on a CPU)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    DEVICE = torch.device(args.device)
+    cuda = DEVICE.type == "cuda"
 
-    results = {"machine": {"hostname": socket.gethostname(), "platform": platform.platform(),
-                           "processor": platform.processor(), "threads": args.threads, "torch": torch.__version__},
-               "date": dt.date.today().isoformat()}
+    machine = {"hostname": socket.gethostname(), "platform": platform.platform(), "processor": platform.processor(),
+               "threads": args.threads, "torch": torch.__version__, "device": args.device}
+    if cuda:
+        machine["gpu"] = torch.cuda.get_device_name()
+    results = {"machine": machine, "date": dt.date.today().isoformat()}
     with console.status("roofline"):
         results["roofline"] = roofline()
-    with console.status("training: snnTorch tutorial 5"):
-        results["train_snntorch"] = train_vs_snntorch(args.repeats)
-    for n in (10_000, 100_000):
-        with console.status(f"simulate: {n} lif neurons vs Brian2"):
-            results[f"simulate_brian2_{n}"] = simulate_vs_brian2(n)
+    results["train"] = []
+    for peer in ("snnTorch", "SpikingJelly", "Norse"):
+        with console.status(f"training: {peer}"):
+            results["train"].append(train_row(peer, args.repeats))
+    if not cuda:
+        with console.status("cross-over of the gathered first layer"):
+            results["crossover"] = crossover(5)
+    neurons = args.neurons or (16_384 if cuda else 4_096)
+    with console.status(f"open-neuromorphic: {neurons} neurons"):
+        results["open_neuromorphic"] = {"neurons": neurons, "rows": open_neuromorphic(neurons, 5 if cuda else 3)}
+    if cuda:  # TF32 matrix multiplies: an opt-in that changes numbers, reported apart
+        torch.backends.cuda.matmul.allow_tf32 = True
+        with console.status("open-neuromorphic with TF32 matmuls"):
+            results["open_neuromorphic_tf32"] = {"neurons": neurons, "rows": open_neuromorphic(neurons, 5)}
+        torch.backends.cuda.matmul.allow_tf32 = False
+    else:
+        for n in (10_000, 100_000):
+            with console.status(f"simulate: {n} lif neurons vs Brian2"):
+                results[f"simulate_brian2_{n}"] = simulate_vs_brian2(n)
 
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{results['machine']['hostname']}-{results['date']}.json"
+    suffix = "-cuda" if cuda else ""
+    path = RESULTS / f"{machine['hostname']}-{results['date']}{suffix}.json"
     path.write_text(json.dumps(results, indent=2) + "\n")
     console.print(table(results))
     console.print(f"written to {path}")
 
 
 def table(results: dict) -> Table:
-    t = Table(title=f"snnrun vs peers on {results['machine']['hostname']} ({results['machine']['threads']} threads, "
-                    f"GEMM {results['roofline']['gflops']:.0f} GFLOP/s)")
-    for column in ("work", "peer", "peer", "snnrun", "speed-up"):
-        t.add_column(column, justify="right" if column != "work" else "left")
-    train = results["train_snntorch"]
-    if "skipped" in train:
-        t.add_row("train: tutorial 5", "snnTorch", train["skipped"], "", "")
-    else:
-        t.add_row("train: tutorial 5 (samples/s)", "snnTorch", f"{train['peer_samples_per_s']:.0f}",
-                  f"{train['snnrun_samples_per_s']:.0f}", f"{train['ratio']:.2f}x")
-    for key in ("simulate_brian2_10000", "simulate_brian2_100000"):
-        row = results[key]
+    m = results["machine"]
+    where = m.get("gpu", f"{m['hostname']}, {m['threads']} threads")
+    t = Table(title=f"snnrun vs peers on {where} (float32 GEMM {results['roofline']['gflops']:.0f} GFLOP/s)")
+    for column in ("work", "peer", "peer", "snnrun", "snnrun speed-up"):
+        t.add_column(column, justify="left" if column == "work" else "right")
+    for row in results["train"]:
         if "skipped" in row:
-            t.add_row(key, "Brian2", row["skipped"], "", "")
+            t.add_row("train", row["peer"], row["skipped"], "", "")
             continue
-        t.add_row(f"simulate: {row['neurons']:,} lif x {row['steps']} steps (s)", "Brian2",
+        note = "" if row["same_numbers"] else " (dynamics differ)"
+        t.add_row(f"train {row['network']} (samples/s){note}", row["peer"], f"{row['peer_samples_per_s']:.0f}",
+                  f"{row['snnrun_samples_per_s']:.0f}", f"{row['ratio']:.2f}x")
+    for key, label in (("open_neuromorphic", "float32"), ("open_neuromorphic_tf32", "TF32")):
+        if key not in results:
+            continue
+        bench = results[key]
+        ours = next(r for r in bench["rows"] if r["peer"] == "snnrun")
+        for row in bench["rows"]:
+            if row["peer"] == "snnrun":
+                continue
+            work = f"open-neuromorphic {bench['neurons']:,} neurons, fwd+bwd (s, {label})"
+            if "skipped" in row:
+                t.add_row(work, row["peer"], row["skipped"], f"{ours['total_s']:.3f}", "")
+            else:
+                t.add_row(work, row["peer"], f"{row['total_s']:.3f}", f"{ours['total_s']:.3f}",
+                          f"{row['total_s'] / ours['total_s']:.2f}x")
+    for n in (10_000, 100_000):
+        row = results.get(f"simulate_brian2_{n}")
+        if row is None:
+            continue
+        if "skipped" in row:
+            t.add_row(f"simulate {n:,} lif", "Brian2", row["skipped"], "", "")
+            continue
+        t.add_row(f"simulate {row['neurons']:,} lif x {row['steps']} steps (s)", "Brian2",
                   f"{row['peer_warm_s']:.2f} (first run {row['peer_cold_s']:.1f})", f"{row['snnrun_s']:.2f}",
                   f"{row['ratio']:.2f}x")
+    for row in results.get("crossover", []):
+        t.add_row(f"first layer fwd+wgrad at {row['density']:.0%} input spikes (ms)", "dense GEMM",
+                  f"{row['dense_ms']:.1f}", f"{row['gather_ms']:.1f}", f"{row['dense_ms'] / row['gather_ms']:.2f}x")
     return t
 
 
