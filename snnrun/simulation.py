@@ -254,16 +254,23 @@ def simulate(cfg: SimulationConfig, device: torch.device | str = "cpu",
     membrane_rec = torch.empty((steps, recorded), dtype=dtype, device=device)
     current_rec = torch.empty((steps, recorded), dtype=dtype, device=device)
 
+    # lif with one value per parameter runs the in-place scan; everything else the step function
+    scan = cfg.neuron.model == "lif" and not any(
+        isinstance(getattr(params, k), torch.Tensor) for k in ("tau_ms", "v_rest_mv", "v_reset_mv", "v_thresh_mv",
+                                                               "r_mohm"))
     started = time.perf_counter()
     with torch.no_grad():
         for start in range(0, steps, chunk_steps):
             stop = min(start + chunk_steps, steps)
             current = cfg.stimulus.current(start, stop, n, steps, device, dtype, generator)
             current_rec[start:stop] = current[:, :recorded]
-            for i in range(stop - start):
-                spikes, state = model.step(current[i], state, params)
-                spikes_all[start + i] = spikes > 0
-                membrane_rec[start + i] = state.membrane[:recorded]
+            if scan:
+                state = neurons.lif_scan(current, state, params, spikes_all[start:stop], membrane_rec[start:stop])
+            else:
+                for i in range(stop - start):
+                    spikes, state = model.step(current[i], state, params)
+                    spikes_all[start + i] = spikes > 0
+                    membrane_rec[start + i] = state.membrane[:recorded]
             if progress is not None:
                 progress(stop - start)
     if device.type == "cuda":

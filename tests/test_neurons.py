@@ -172,3 +172,29 @@ def test_lif_first_spike_of_a_step_current_matches_the_closed_form():
     spikes, _ = lif([2.0] * 20, v0=-65.0, tau_ms=10.0, v_rest_mv=-65.0, v_reset_mv=-65.0, v_thresh_mv=-50.0,
                     r_mohm=10.0, dt_ms=1.0)
     assert spikes.index(1) == 13
+
+
+@pytest.mark.parametrize("method", ["exact", "euler"])
+@pytest.mark.parametrize("refractory_ms", [0.0, 0.1, 2.0])
+def test_lif_scan_equals_the_step_function(method, refractory_ms):
+    """The simulation's in-place fast path makes the same spikes and membranes as lif_step, step by step."""
+    from snnrun.neurons import LIFParameters, LIFState, lif_scan, lif_step
+
+    g = torch.Generator().manual_seed(0)
+    currents = torch.rand(400, 50, generator=g, dtype=torch.float64) * 8
+    p = LIFParameters(tau_ms=10.0, v_reset_mv=-70.0, refractory_ms=refractory_ms, method=method)
+    state = LIFState(torch.full((50,), -65.0, dtype=torch.float64), torch.zeros(50, dtype=torch.int32))
+    spikes, membranes = [], []
+    s = state
+    for current in currents:
+        out, s = lif_step(current, s, p)
+        spikes.append(out > 0)
+        membranes.append(s.membrane)
+    fast_spikes = torch.zeros(400, 50, dtype=torch.bool)
+    fast_membranes = torch.empty(400, 20, dtype=torch.float64)
+    end = lif_scan(currents, state, p, fast_spikes, fast_membranes)
+    assert torch.stack(spikes).sum() > 200  # with resets and refractory periods to cover
+    assert torch.equal(fast_spikes, torch.stack(spikes))
+    torch.testing.assert_close(fast_membranes, torch.stack(membranes)[:, :20], rtol=0, atol=1e-12)
+    torch.testing.assert_close(end.membrane, s.membrane, rtol=0, atol=1e-12)
+    assert torch.equal(end.refractory_left, s.refractory_left)
