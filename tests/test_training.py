@@ -267,3 +267,17 @@ def test_surrogate_gradients_match_their_formulas():
     x.grad = None
     Surrogate("atan", 2.0)(x).sum().backward()
     assert x.grad[1].item() == pytest.approx(1.0)  # alpha/2 at x = 0
+
+
+def test_rate_spikes_follow_the_pixel_probability():
+    from snnrun.encoding import rate_spikes
+
+    p = torch.tensor([0.0, 1.0, 0.5, 0.13, 0.9, 1 / 255])
+    g = torch.Generator().manual_seed(0)
+    spikes = rate_spikes(p.expand(4000, -1).contiguous(), 50, g)
+    assert spikes.shape == (50, 4000, 6) and set(spikes.unique().tolist()) <= {0.0, 1.0}
+    rates = spikes.mean(dim=(0, 1))
+    assert rates[0] == 0 and rates[1] == 1
+    torch.testing.assert_close(rates, p, atol=3e-3, rtol=0)  # 200,000 draws each: sd < 1.2e-3
+    again = rate_spikes(p.expand(4000, -1).contiguous(), 50, torch.Generator().manual_seed(0))
+    assert torch.equal(spikes, again)  # seeded
