@@ -165,7 +165,7 @@ def train_row(peer: str, repeats: int) -> dict:
             return loss_of(output, y, TrainSettings(loss="ce_membrane"), steps)
     step_theirs = step_of(theirs, opt_theirs, loss_theirs, x_theirs, y)
     step_ours = step_of(ours, opt_ours, loss_ours, x_ours, y)
-    first_theirs, first_ours = float(step_theirs()), float(step_ours())
+    first_theirs, first_ours = float(step_theirs().detach()), float(step_ours().detach())
     same = peer != "Norse"
     if same and abs(first_theirs - first_ours) > 1e-4:
         raise SystemExit(f"{peer}: first-batch losses differ: {first_theirs} vs snnrun {first_ours}")

@@ -1,10 +1,12 @@
 """Feedforward LIF networks in multi-step form: tensors shaped (time, batch, features).
 
 Linear -> LIF -> ... -> Linear -> LIF (or a mean-current readout). Each Linear runs once
-over all time steps (and only once in total when the input is constant over time);
-the only loop over time is the neuron recurrence, using the step functions of
-`snnrun.neurons` with a surrogate spike function. Neuron state lives in local
-variables, so `state_dict` holds parameters only.
+over all time steps (and only once in total when the input is constant over time), and
+over spike input it gathers instead of multiplying where that is faster (`snnrun.sparse`);
+the only loop over time is the neuron recurrence, one autograd node with a hand-written
+backward (`snnrun.recurrence`; a learned threshold goes through the step functions of
+`snnrun.neurons`). Neuron state lives in local variables, so `state_dict` holds
+parameters only.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 Tensor = torch.Tensor
 
-DENSE_ABOVE = 0.25  # spike density above which the dense GEMM is faster (benchmarks/run.py, crossover row)
+DENSE_ABOVE = 0.2  # spike density above which the dense GEMM is faster (benchmarks/run.py: equal at 20 % here)
 MIN_WIDTH = 64  # outputs below this: the gather of short rows loses to the GEMM
 
 
