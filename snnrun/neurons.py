@@ -220,33 +220,42 @@ def lif_scan(currents: Tensor, state: LIFState, p: LIFParameters, spikes_out: Te
     """Run `lif_step` over currents (steps, neurons or 1) in place: the simulation's fast path.
 
     Same arithmetic as `lif_step`, with each step written into preallocated tensors: spikes into
-    spikes_out[t] (bool), the first membrane_out.shape[1] membranes into membrane_out[t]. A refractory neuron
-    sits at v_reset (where the reset put it; v_reset < v_thresh is checked by the config), so it cannot fire and
-    needs no separate mask; the refractory counter counts down by itself. Six tensor operations per step
-    instead of eleven, none allocating. Needs scalar parameters (per-neuron ones take `lif_step`).
+    spikes_out[t] (bool), the first membrane_out.shape[1] membranes into membrane_out[t]. Masks are kept as
+    float 0/1 tensors and applied with `lerp`, which is exact at weights 0 and 1 (v -> v, v -> v_reset): on the
+    CPU, float comparisons and lerps run three to four times faster than bool masks and `masked_fill`. The
+    refractory period is a per-neuron float step index `until` (held while t < until), so a fire costs one
+    lerp. A refractory neuron sits at v_reset (< v_thresh, checked by the config), so it cannot fire.
+    Needs scalar parameters (per-neuron ones take `lif_step`).
     """
-    v, left = state.membrane.clone(), state.refractory_left.clone()
+    steps = currents.shape[0]
+    v = state.membrane.clone()
     scratch = torch.empty_like(v)
-    holding = torch.empty(v.shape, dtype=torch.bool, device=v.device)
+    fired = torch.empty_like(v)
+    held = torch.empty_like(v)
+    v_reset = torch.tensor(p.v_reset_mv, dtype=v.dtype, device=v.device)
+    refractory = p.refractory_steps >= 2  # one step of refractoriness is the reset itself
+    until = state.refractory_left.to(v.dtype)  # held at local step t while t < until
+    stamps = torch.arange(steps, dtype=v.dtype, device=v.device) + p.refractory_steps  # `until` after a fire
     recorded = 0 if membrane_out is None else membrane_out.shape[1]
     drive = p.v_rest_mv + p.r_mohm * currents  # (steps, neurons or 1): one operation for the chunk
-    hold = p.refractory_steps - 1
-    for t in range(currents.shape[0]):
+    for t in range(steps):
         if p.method == "exact":
             torch.lerp(drive[t], v, p.decay, out=scratch)
         else:
             torch.lerp(v, drive[t], p.dt_ms / p.tau_ms, out=scratch)
         v, scratch = scratch, v
-        if hold >= 0:
-            torch.gt(left, 0, out=holding)
-            v.masked_fill_(holding, p.v_reset_mv)
-        fired = torch.gt(v, p.v_thresh_mv, out=spikes_out[t])
-        v.masked_fill_(fired, p.v_reset_mv)
-        if hold >= 0:
-            left.sub_(1).masked_fill_(fired, hold)
+        if refractory:
+            torch.gt(until, t, out=held)
+            torch.lerp(v, v_reset, held, out=v)
+        torch.gt(v, p.v_thresh_mv, out=fired)
+        torch.lerp(v, v_reset, fired, out=v)
+        spikes_out[t].copy_(fired)
+        if refractory:
+            torch.lerp(until, stamps[t], fired, out=until)
         if recorded:
             membrane_out[t] = v[:recorded]
-    return LIFState(v, left.clamp_(min=0))
+    left = (until - steps).clamp_(min=0).to(state.refractory_left.dtype)
+    return LIFState(v, left)
 
 
 # --------------------------------------------------------------------------- registry
