@@ -39,7 +39,7 @@ from snnrun.network import LIFLayer, Network, NeuronSpec, parse_model
 from snnrun.simulation import parse_simulation, simulate
 from snnrun.sparse import _SpikeLinear, spike_linear
 from snnrun.surrogate import Surrogate
-from snnrun.training import TrainSettings, loss_of
+from snnrun.training import TrainSettings, loss_of, make_optimizer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 console = Console()
@@ -147,7 +147,7 @@ def train_row(peer: str, repeats: int) -> dict:
     pixels, y = (t.to(DEVICE) for t in mnist_batch(batch))
     lr = 5e-4 if peer != "Norse" else 2e-3
     opt_theirs = torch.optim.Adam(theirs.parameters(), lr=lr)
-    opt_ours = torch.optim.Adam(ours.parameters(), lr=lr)
+    opt_ours = make_optimizer(ours, TrainSettings(optimizer="adam", lr=lr))  # snnrun's own: fused Adam
     if peer == "Norse":  # constant current, x32 as Norse's tutorial scales it; ours runs the first layer once
         x_theirs, x_ours = (32 * pixels).expand(steps, -1, -1), 3.2 * pixels
 
@@ -193,7 +193,7 @@ def crossover(repeats: int) -> list[dict]:
             torch.nn.functional.linear(x, weight).backward(upstream)
 
         def gathered(x=x):
-            _SpikeLinear.apply(x, weight, None).backward(upstream)
+            _SpikeLinear.apply(x, weight, None, x, None).backward(upstream)
 
         rows.append({"density": density, "dense_ms": 1e3 * median_seconds(dense, repeats),
                      "gather_ms": 1e3 * median_seconds(gathered, repeats)})

@@ -235,14 +235,14 @@ class Network(nn.Module):
                 recorded.append(x.detach())
             if p > 0 and self.training:
                 x = spike_dropout(x, p)
+        if self.output_neurons is None:  # the mean over time of a linear map is the map of the mean: one matmul
+            logits = self.readout(x.mean(dim=0) if x.dim() == 3 else x)
+            counts.append(torch.zeros((), device=logits.device))
+            return NetworkOutput(logits, None, None, torch.stack(counts), recorded)
         if x.dim() == 3:
             current = spike_linear(x, self.readout.weight, self.readout.bias)
         else:
             current = self.readout(x).expand(steps, -1, -1)
-        if self.output_neurons is None:
-            logits = current.mean(dim=0)
-            counts.append(torch.zeros((), device=logits.device))
-            return NetworkOutput(logits, None, None, torch.stack(counts), recorded)
         spikes, membrane = self.output_neurons(current)
         counts.append(spikes.detach().sum())
         if record:

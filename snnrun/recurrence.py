@@ -47,9 +47,10 @@ class _Recurrence(torch.autograd.Function):
                 if syn is not None:
                     syn = drive = torch.add(drive, syn, alpha=alpha)
                 if delayed and reset == "zero":  # leaky: beta*(U*(1 - S)) + I;  synaptic: (1 - S)*(beta*U + I_syn)
-                    u = u * (1 - s)
+                    keep = 1 - s
+                    u = u * keep
                     if syn is not None:
-                        drive = drive * (1 - s)
+                        drive = drive * keep
                 if b is not None:
                     torch.add(drive, u, alpha=b, out=pre[t])
                 else:
@@ -89,9 +90,10 @@ class _Recurrence(torch.autograd.Function):
                 c.add_(grad_mem)
         b = _scalar(beta)
         a = c  # becomes dL/dpre in total, in place, one fused operation per step
+        carry = kept * beta if kept is not None else None  # what the membrane carries from step t to t+1
         for t in range(steps - 2, -1, -1):
-            if kept is not None:
-                a[t].addcmul_(beta * kept[t], a[t + 1])
+            if carry is not None:
+                a[t].addcmul_(carry[t], a[t + 1])
             elif b is not None:
                 a[t].add_(a[t + 1], alpha=b)
             else:

@@ -1,4 +1,4 @@
-"""Linear layers fed with spikes: work only where there are spikes.
+"""Linear layers fed with spikes: work only where the spikes change.
 
 A spike tensor is mostly zeros (MNIST rate-coded: 13 % ones; hidden layers often fewer), and a zero multiplies
 nothing. So on the CPU, below a measured density, the layer gathers instead of multiplying:
@@ -6,10 +6,21 @@ nothing. So on the CPU, below a measured density, the layer gathers instead of m
     forward:          out[n]    = sum of x[n, i] * W[:, i] over the nonzero x[n, i]     (embedding_bag, sum)
     weight gradient:  dW[:, i]  = sum of x[n, i] * grad[n] over the same nonzeros        (embedding_bag, sum)
 
-both from one `nonzero` of the input. The input gradient (when the spikes come from a layer that learns) is the
-usual dense `grad @ W`. Above the density (or on a GPU, or for narrow layers such as a 10-class readout) it is
-plain `F.linear`. Sums run in a different order than a BLAS GEMM, so results agree to float32 rounding
-(`tests/test_sparse.py`); `benchmarks/run.py` measures the cross-over density that `DENSE_ABOVE` comes from.
+both from one `nonzero`. Over time (x is (time, batch, in)) it goes further: an input that is on at most steps
+(a bright pixel under rate coding fires at nearly every step) is written as its majority value r[b, i] minus
+the steps where it is off, x[t] = r + (x[t] - r), so
+
+    out[t, b] = W r[b] + b  +  sum over the nonzero (x[t, b] - r[b]) of W[:, i] * (x[t, b, i] - r[b, i])
+    dW        = (sum over t of grad[t])^T r  +  the gathered sum over the same nonzeros
+
+where W r is one small (batch x in) matrix multiply for all steps. For rate-coded MNIST the changes
+x[t] - r are 2.6 % dense against 13 % for x itself, and the first layer's forward + weight gradient takes
+22 ms against 41-48 ms gathered over x and 55-57 ms dense (784 -> 1,000, 25 steps, batch 128, 2 threads).
+
+The input gradient (when the spikes come from a layer that learns) is the usual dense `grad @ W`. Above the
+density (or on a GPU, or for narrow layers such as a 10-class readout) it is plain `F.linear`. Sums run in a
+different order than a BLAS GEMM, so results agree to float32 rounding (`tests/test_sparse.py`);
+`benchmarks/run.py` measures the cross-over density that `DENSE_ABOVE` comes from.
 """
 
 from __future__ import annotations
@@ -39,24 +50,30 @@ def _bag(indices: Tensor, table: Tensor, offsets: Tensor, values: Tensor, unifor
 
 
 class _SpikeLinear(torch.autograd.Function):
+    """F.linear(x, weight, bias) for x (N, in) computed from changes = x - reference: reference is None or
+    (batch, in) with N = steps * batch rows in time-major order."""
+
     @staticmethod
-    def forward(ctx, x, weight, bias):
-        n, inputs = x.shape
-        flat = torch.nonzero(x.reshape(-1)).squeeze(1)  # sorted by row
-        values = x.reshape(-1).index_select(0, flat)
+    def forward(ctx, x, weight, bias, changes, reference):
+        n, inputs = changes.shape
+        flat = torch.nonzero(changes.reshape(-1)).squeeze(1)  # sorted by row
+        values = changes.reshape(-1).index_select(0, flat)
         rows = torch.div(flat, inputs, rounding_mode="floor")
         cols = flat - rows * inputs
         uniform = bool((values == values[0]).all()) if len(values) else True
         out = _bag(cols, weight.t().contiguous(), _offsets(rows, n), values, uniform)
-        if bias is not None:
+        if reference is not None:  # the majority values' share, the same at every step: one small matmul
+            base = F.linear(reference, weight, bias)
+            out.view(-1, *base.shape).add_(base)
+        elif bias is not None:
             out.add_(bias)
-        ctx.save_for_backward(rows, cols, values, weight)
+        ctx.save_for_backward(rows, cols, values, weight, reference)
         ctx.inputs, ctx.uniform = inputs, uniform
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        rows, cols, values, weight = ctx.saved_tensors
+        rows, cols, values, weight, reference = ctx.saved_tensors
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_x = grad @ weight
@@ -64,23 +81,50 @@ class _SpikeLinear(torch.autograd.Function):
             order = torch.argsort(cols, stable=True)
             by_input = _bag(rows[order], grad.contiguous(), _offsets(cols[order], ctx.inputs),
                             values if ctx.uniform else values[order], ctx.uniform)
+            if reference is not None:
+                over_time = grad.reshape(-1, reference.shape[0], grad.shape[1]).sum(0)  # (batch, out)
+                by_input.addmm_(reference.t(), over_time)
             grad_w = by_input.t().contiguous()
         if ctx.needs_input_grad[2]:
             grad_b = grad.sum(0)
-        return grad_x, grad_w, grad_b
+        return grad_x, grad_w, grad_b, None, None
 
 
-def uses_gather(x: Tensor, out_features: int) -> bool:
-    """Whether `spike_linear` gathers for this input (CPU, wide layer, sparse enough)."""
-    if x.device.type != "cpu" or out_features < MIN_WIDTH or x.numel() == 0:
-        return False
-    sample = x.reshape(-1)[::16]  # an estimate is enough to choose, at 1/16 of the cost of counting all
+def majority_reference(x: Tensor) -> Tensor | None:
+    """For x (time, batch, in): each input's largest value where it is nonzero at more than half of the steps,
+    else 0, as (batch, in); None where no input is (then the changes are x itself). For spikes valued 0 or v
+    that is the value the input holds most of the time."""
+    with torch.no_grad():
+        top = x.amax(0)
+        on = x.sum(0).mul_(2) > top * x.shape[0]
+        if not bool(on.any()):
+            return None
+        return top.mul_(on)
+
+
+def sparse_enough(x: Tensor) -> bool:
+    """Whether x is at most DENSE_ABOVE nonzero, estimated from every 16th element (1/16 of the cost)."""
+    sample = x.reshape(-1)[::16]
     return int(torch.count_nonzero(sample)) <= DENSE_ABOVE * sample.numel()
 
 
+def uses_gather(x: Tensor, out_features: int) -> bool:
+    """Whether `spike_linear` gathers for this input (CPU, wide layer, sparse enough in x or in its changes)."""
+    if x.device.type != "cpu" or out_features < MIN_WIDTH or x.numel() == 0:
+        return False
+    reference = majority_reference(x) if x.dim() == 3 else None
+    return sparse_enough(x if reference is None else x - reference)
+
+
 def spike_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """F.linear(x, weight, bias), gathering over the nonzeros of x where that is faster."""
-    if not uses_gather(x, weight.shape[0]):
+    """F.linear(x, weight, bias), gathering over the nonzeros of x, or of its changes over time when x is
+    (time, batch, in), where that is faster."""
+    if x.device.type != "cpu" or weight.shape[0] < MIN_WIDTH or x.numel() == 0:
         return F.linear(x, weight, bias)
-    out = _SpikeLinear.apply(x.reshape(-1, x.shape[-1]), weight, bias)
+    reference = majority_reference(x) if x.dim() == 3 else None
+    changes = x.detach() if reference is None else x.detach() - reference
+    if not sparse_enough(changes):
+        return F.linear(x, weight, bias)
+    flat = x.reshape(-1, x.shape[-1])
+    out = _SpikeLinear.apply(flat, weight, bias, changes.reshape(flat.shape), reference)
     return out.reshape(*x.shape[:-1], weight.shape[0])

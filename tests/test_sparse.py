@@ -49,3 +49,34 @@ def test_dense_where_gathering_does_not_pay():
     assert not uses_gather(spikes((10, 50), 0.05, g), sparse.MIN_WIDTH - 1)  # too narrow
     assert not uses_gather(torch.zeros(0, 50), 100)
     assert uses_gather(spikes((10, 50), 0.05, g), 100)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1.25])
+@pytest.mark.parametrize("input_grad", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+def test_inputs_on_most_steps_are_gathered_where_they_change(scale, input_grad, bias):
+    """Rate-coded bright pixels fire at nearly every step: the layer gathers over the steps where an input
+    differs from its majority value, and still equals F.linear, forward and backward."""
+    g = torch.Generator().manual_seed(3)
+    bright = torch.rand(6, 40, generator=g) < 0.3  # these inputs fire with probability 0.95, the rest 0.03
+    rate = torch.where(bright, 0.95, 0.03).double()
+    x = ((torch.rand(12, 6, 40, generator=g, dtype=torch.float64) < rate).double() * scale).requires_grad_(input_grad)
+    reference = sparse.majority_reference(x)
+    assert reference is not None and torch.equal(reference != 0, (x != 0).double().mean(0) > 0.5)
+    assert (x - reference).count_nonzero() < 0.5 * x.count_nonzero()  # sparser than x itself
+    assert uses_gather(x, 70)
+    weight = torch.randn(70, 40, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(70, generator=g, dtype=torch.float64, requires_grad=True) if bias else None
+    upstream = torch.randn(12, 6, 70, generator=g, dtype=torch.float64)
+    inputs = [t for t in (x, weight, b) if t is not None and t.requires_grad]
+    ours = spike_linear(x, weight, b)
+    theirs = F.linear(x, weight, b)
+    torch.testing.assert_close(ours, theirs)
+    for a, c in zip(torch.autograd.grad(ours, inputs, upstream), torch.autograd.grad(theirs, inputs, upstream),
+                    strict=True):
+        torch.testing.assert_close(a, c)
+
+
+def test_no_reference_for_sparse_inputs():
+    g = torch.Generator().manual_seed(4)
+    assert sparse.majority_reference(spikes((10, 4, 50), 0.1, g)) is None
