@@ -137,7 +137,8 @@ def _fmt(value) -> str:
 @app.command(epilog="Examples:\n\n"
              "  snnrun train configs/mnist.yaml\n\n"
              "  snnrun train configs/smoke.yaml --set train.epochs=2 --device cpu\n\n"
-             "  snnrun train --resume outputs/train/2026-01-01_12-00-00_mnist")
+             "  snnrun train --resume outputs/train/2026-01-01_12-00-00_mnist\n\n"
+             "  snnrun train configs/mnist.yaml --nproc 2        # or: torchrun --nproc_per_node=2 -m snnrun train ...")
 @user_errors
 def train(
     config: Annotated[Path | None, typer.Argument(help="YAML config (not needed with --resume).")] = None,
@@ -146,17 +147,27 @@ def train(
     device: DeviceOption = None,
     resume: Annotated[Path | None, typer.Option("--resume", metavar="RUN_DIR",
                                                 help="Continue an interrupted run in its own folder.")] = None,
+    nproc: Annotated[int, typer.Option("--nproc", min=1, help="Processes on this machine (DistributedDataParallel "
+                                       "through torchrun; one per GPU on CUDA).")] = 1,
 ) -> None:
     """Train a feedforward LIF network on MNIST; write metrics, checkpoints and plots."""
+    from snnrun import distributed
     from snnrun.commands import load_train_config, run_training
     from snnrun.training import Callbacks, TrainingDiverged, TrainingInterrupted
 
     cfg, resume_dir = load_train_config(config, set_ or [], device, resume)
-    stop = StopFlag()
+    ranks = distributed.from_environment()
+    if nproc > 1 and not ranks.active:
+        args = ["train", *([str(config)] if config else []), "--out", str(out_dir),
+                *[a for item in set_ or [] for a in ("--set", item)], *(["--device", device] if device else []),
+                *(["--resume", str(resume)] if resume else [])]
+        raise typer.Exit(_launch(nproc, args))
+    stop = StopFlag(abort_on_second=not ranks.active)  # under torchrun the launcher repeats the signal
     folder_box: list[Path] = []
     with stop.installed(), Progress(TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
                                     BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
-                                    TimeElapsedColumn(), TimeRemainingColumn(), console=err) as bar:
+                                    TimeElapsedColumn(), TimeRemainingColumn(), console=err,
+                                    disable=not ranks.main) as bar:
         task = bar.add_task("train", total=None, epoch=0, epochs=cfg.train.epochs, stats="", visible=False)
 
         def epoch_started(epoch: int, batches: int) -> None:
@@ -166,7 +177,7 @@ def train(
             bar.update(task, advance=1, stats=f"loss {stats['loss']:.4f} acc {100 * stats['accuracy']:.2f}% "
                                               f"{stats['samples_per_s']:.0f}/s")
 
-        def epoch_done(r: dict) -> None:
+        def epoch_done(r: dict) -> None:  # (called on rank 0 only)
             val = f"val loss {r['val_loss']:.4f} acc {100 * r['val_accuracy']:.2f}%" if r["val_loss"] is not None \
                 else "no validation"
             bar.console.print(f"epoch {r['epoch']:>3}/{cfg.train.epochs}: train loss {r['train_loss']:.4f} "
@@ -175,27 +186,57 @@ def train(
 
         callbacks = Callbacks(epoch_started, batch_done, epoch_done, stop.is_set)
         try:
-            run = run_training(cfg, out_dir, callbacks, resume_dir, on_folder=folder_box.append)
+            run = run_training(cfg, out_dir, callbacks, resume_dir, on_folder=folder_box.append, ranks=ranks)
         except TrainingInterrupted as why:
             bar.stop()
-            folder = folder_box[0]
-            err.print(f"[yellow]{why}; checkpoint saved.[/yellow] Resume with:\n  snnrun train --resume {folder}")
-            print(folder, flush=True)
+            if ranks.main:
+                folder = folder_box[0]
+                err.print(f"[yellow]{why}; checkpoint saved.[/yellow] Resume with:\n  snnrun train --resume {folder}")
+                print(folder, flush=True)
             raise typer.Exit(stop.exit_code) from None
         except TrainingDiverged as why:
             bar.stop()
-            err.print(f"[bold red]error:[/bold red] {why}", soft_wrap=True)
-            print(folder_box[0], flush=True)
+            if ranks.main:
+                err.print(f"[bold red]error:[/bold red] {why}", soft_wrap=True)
+                print(folder_box[0], flush=True)
             raise typer.Exit(1) from None
+    if run is None:  # ranks other than 0 stay quiet
+        return
     out.print(_training_table(run))
     print(run.folder, flush=True)
 
 
-class StopFlag:
-    """Set by Ctrl-C or SIGTERM: training finishes its batch, saves a checkpoint and stops."""
+def _launch(nproc: int, args: list[str]) -> int:
+    """Run `snnrun ARGS` on nproc local processes; the exit code to leave with."""
+    from torch.distributed.elastic.multiprocessing import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    def __init__(self) -> None:
+    from snnrun import distributed
+
+    try:
+        distributed.launch(nproc, args)
+    except SignalException as why:  # Ctrl-C or SIGTERM: the ranks have saved a checkpoint and stopped
+        return 128 + int(why.sigval)
+    except ChildFailedError as why:
+        codes = {failure.exitcode for failure in why.failures.values()}
+        interrupted = codes & {130, 143}
+        if interrupted:
+            return interrupted.pop()
+        rank, first = why.get_first_failure()
+        how = f"was killed by signal {-first.exitcode}" if first.exitcode < 0 else f"exited with {first.exitcode}"
+        err.print(f"[bold red]error:[/bold red] process {rank} of {nproc} {how}; the others were stopped. "
+                  "The last checkpoint is kept (snnrun train --resume RUN_DIR continues from it).", soft_wrap=True)
+        return 2 if codes == {2} else 1
+    return 0
+
+
+class StopFlag:
+    """Set by Ctrl-C or SIGTERM: training finishes its batch, saves a checkpoint and stops. A second Ctrl-C
+    stops at once (unless abort_on_second is off: torchrun's launcher passes the user's signal on again)."""
+
+    def __init__(self, abort_on_second: bool = True) -> None:
         self.signal: int | None = None
+        self.abort_on_second = abort_on_second
 
     def is_set(self) -> bool:
         return self.signal is not None
@@ -208,7 +249,9 @@ class StopFlag:
     def installed(self):
         def handler(signum, frame):
             if self.signal is not None:  # a second Ctrl-C: stop now
-                raise KeyboardInterrupt
+                if self.abort_on_second:
+                    raise KeyboardInterrupt
+                return
             self.signal = signum
 
         previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}

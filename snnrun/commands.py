@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from snnrun import plots
+from snnrun import distributed, plots
 from snnrun.config import ConfigError, apply_overrides, dump_yaml, load_yaml, to_dict
 from snnrun.data import load_mnist
 from snnrun.devices import resolve_device
@@ -150,10 +150,27 @@ def load_train_config(path: Path | None, overrides: list[str], device: str | Non
 
 
 def run_training(cfg: TrainConfig, out: Path, callbacks: Callbacks, resume: Path | None = None,
-                 on_folder: Callable[[Path], None] | None = None) -> TrainingRun:
-    """Train into a new run folder under `out` (or continue `resume`), then write metrics, summary and plots."""
+                 on_folder: Callable[[Path], None] | None = None,
+                 ranks: distributed.Ranks = distributed.SINGLE) -> TrainingRun | None:
+    """Train into a new run folder under `out` (or continue `resume`), then write metrics, summary and plots.
+
+    Under torchrun (`ranks.active`) every rank trains its share; rank 0 alone writes the folder and returns
+    the run, the others return None."""
     device = resolve_device(cfg.device)
     load_mnist(cfg.data.root, cfg.data.download)  # no data: a clear error before any folder exists
+    if ranks.active:
+        device = distributed.start(ranks, device)
+        try:
+            return _train_in_folder(cfg, out, callbacks, resume, on_folder, device, ranks)
+        finally:
+            distributed.finish()
+    return _train_in_folder(cfg, out, callbacks, resume, on_folder, device, ranks)
+
+
+def _train_in_folder(cfg, out, callbacks, resume, on_folder, device, ranks) -> TrainingRun | None:
+    if not ranks.main:
+        train(cfg, resume, device, callbacks, resume=resume is not None, ranks=ranks)
+        return None
     if resume is None:
         folder = claim_run_dir(out, cfg.name)
         write_text(folder / "config.yaml", dump_yaml(config_to_dict(cfg)))
@@ -174,8 +191,9 @@ def run_training(cfg: TrainConfig, out: Path, callbacks: Callbacks, resume: Path
 
     callbacks = replace(callbacks, epoch_done=record_epoch)
     with open(folder / "run.log", "a", encoding="utf-8") as log:
-        log.write(f"{'resumed' if resume else 'started'} on {device}: {' '.join(sys.argv)}\n")
-    summary = train(cfg, folder, device, callbacks, resume=resume is not None)
+        processes = f" x {ranks.world} processes" if ranks.active else ""
+        log.write(f"{'resumed' if resume else 'started'} on {device}{processes}: {' '.join(sys.argv)}\n")
+    summary = train(cfg, folder, device, callbacks, resume=resume is not None, ranks=ranks)
     history = summary.pop("history")
     _write_metrics_csv(folder / "metrics.csv", history)
     write_json(folder / "summary.json", summary)

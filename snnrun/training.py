@@ -8,6 +8,7 @@ per-epoch records go to callbacks, files go into the run folder given.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import time
@@ -18,9 +19,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from snnrun import distributed
 from snnrun import encoding as encodings
 from snnrun.config import ConfigError, choice, field, integer, number, parse
 from snnrun.data import Split, load_mnist, validation_split
+from snnrun.distributed import Ranks
 from snnrun.network import Network, NetworkOutput, parse_model
 
 # --------------------------------------------------------------------------- config
@@ -263,24 +266,36 @@ class Callbacks:
     should_stop: Callable[[], bool] = lambda: False
 
 
-def train(cfg: TrainConfig, folder: Path, device: torch.device, callbacks: Callbacks | None = None,
-          resume: bool = False) -> dict:
-    """Train into run folder `folder` (continuing from checkpoints/last.pt when `resume`); return the summary."""
+def train(cfg: TrainConfig, folder: Path | None, device: torch.device, callbacks: Callbacks | None = None,
+          resume: bool = False, ranks: Ranks = distributed.SINGLE) -> dict | None:
+    """Train into run folder `folder` (continuing from checkpoints/last.pt when `resume`); return the summary.
+
+    With several ranks (`snnrun.distributed`, the process group already started) each trains on its part of
+    every global batch through DistributedDataParallel; only rank 0 writes into `folder` (None on the others
+    unless resuming), evaluates and returns the summary; the others return None."""
     cb = callbacks or Callbacks()
     s = cfg.train
-    checkpoints = folder / "checkpoints"
-    checkpoints.mkdir(exist_ok=True)
+    checkpoints = folder / "checkpoints" if folder is not None else None
+    if ranks.main:
+        checkpoints.mkdir(exist_ok=True)
     if cfg.threads and device.type == "cpu":
         torch.set_num_threads(cfg.threads)
 
     torch.manual_seed(s.seed)
     train_set, val_set, test_set = load_splits(cfg, device)
     model = Network(cfg.model, cfg.encoding.time_steps).to(device)
+    forward = model
+    if ranks.active:  # identical replicas; the buffers (beta, threshold) are constants, so never re-broadcast
+        forward = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, **_NO_BUFFER_SYNC)
+        if ranks.rank > 0:  # each rank its own dropout draws (rank 0 keeps the single-process ones)
+            torch.manual_seed(s.seed + _RANK_STRIDE * ranks.rank)
     batches_per_epoch = math.ceil(len(train_set) / s.batch_size)
     optimizer = make_optimizer(model, s)
     schedule = make_schedule(optimizer, s, batches_per_epoch)
-    generator = torch.Generator(device=device).manual_seed(s.seed)  # augmentation and input spikes
-    perm_generator = torch.Generator().manual_seed(s.seed)  # the order of the training images
+    # augmentation and input spikes (each rank its own stream); the order of the training images (the same)
+    generator = torch.Generator(device=device).manual_seed(s.seed + _RANK_STRIDE * ranks.rank)
+    perm_generator = torch.Generator().manual_seed(s.seed)
     history: list[dict] = []
     best_val, start_epoch, start_batch, order, partial = -1.0, 0, 0, None, None
     train_seconds = 0.0
@@ -291,17 +306,31 @@ def train(cfg: TrainConfig, folder: Path, device: torch.device, callbacks: Callb
         optimizer.load_state_dict(ckpt["optimizer"])
         if schedule is not None:
             schedule.load_state_dict(ckpt["schedule"])
-        restore_rng(ckpt["rng"], generator, perm_generator)
         history, best_val, train_seconds = ckpt["history"], ckpt["best_val_accuracy"], ckpt["train_seconds"]
         start_epoch, start_batch = ckpt["epoch"], ckpt["batch"]
-        order, partial = ckpt.get("order"), ckpt.get("partial")
+        order, partial = ckpt.get("order"), ckpt.get("partial") if ranks.main else None
+        per_rank = ckpt.get("rng_ranks") or [ckpt["rng"]]
+        if ranks.rank < len(per_rank) and len(per_rank) == ranks.world:
+            restore_rng(per_rank[ranks.rank], generator, perm_generator)
+        else:  # saved with another number of processes: the shared order as saved, fresh streams per rank
+            restore_rng(per_rank[0], generator, perm_generator)
+            if ranks.rank > 0:
+                seed = s.seed + _RANK_STRIDE * ranks.rank + 7 * (start_epoch * batches_per_epoch + start_batch)
+                generator.manual_seed(seed)
+                torch.manual_seed(seed)
 
     def checkpoint(epoch: int, batch: int, order=None, partial=None) -> dict:
+        """The state to resume from (collective: every rank calls it; each rank's random streams kept)."""
+        rngs = distributed.gather(ranks, rng_state(generator, perm_generator))
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict() if schedule is not None else None,
-                "rng": rng_state(generator, perm_generator), "epoch": epoch, "batch": batch, "order": order,
-                "partial": partial, "history": history, "best_val_accuracy": best_val,
-                "train_seconds": train_seconds}
+                "rng": rngs[0], "rng_ranks": rngs if ranks.active else None, "epoch": epoch, "batch": batch,
+                "order": order, "partial": partial, "history": history, "best_val_accuracy": best_val,
+                "train_seconds": train_seconds, "processes": ranks.world}
+
+    def save(name: str, state: dict) -> None:
+        if ranks.main:
+            save_checkpoint(checkpoints / name, state)
 
     for epoch in range(start_epoch, s.epochs):
         model.train()
@@ -312,35 +341,45 @@ def train(cfg: TrainConfig, folder: Path, device: torch.device, callbacks: Callb
         cb.epoch_started(epoch, batches_per_epoch)
         started = time.perf_counter() - totals["seconds"]
         for batch in range(start_batch, batches_per_epoch):
-            if cb.should_stop():
+            stop, = distributed.any_rank(ranks, device, cb.should_stop())  # all ranks stop at the same batch
+            if stop:
                 totals["seconds"] = time.perf_counter() - started  # the epoch's time so far, resumed later
-                save_checkpoint(checkpoints / "last.pt", checkpoint(epoch, batch, order, totals))
+                save("last.pt", checkpoint(epoch, batch, order, _summed(totals, ranks, device)))
                 raise TrainingInterrupted(f"stopped in epoch {epoch + 1} at batch {batch}")
-            index = order[batch * s.batch_size:(batch + 1) * s.batch_size]
+            index, share = distributed.shard(order[batch * s.batch_size:(batch + 1) * s.batch_size], ranks)
             images, labels = train_set.images[index], train_set.labels[index]
             if s.augment_shift:
                 images = shift_images(images, s.augment_shift, generator)
-            out = model(encode(images, cfg, generator))
+            out = forward(encode(images, cfg, generator))
             loss = loss_of(out, labels, s, cfg.encoding.time_steps)
-            if not torch.isfinite(loss):
+            diverged, = distributed.any_rank(ranks, device, not bool(torch.isfinite(loss)))
+            if diverged:
                 raise TrainingDiverged(f"the loss became {float(loss)} in epoch {epoch + 1}, batch {batch + 1}; "
                                        "the last good checkpoint is kept (try a lower train.lr or train.grad_clip)")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * share if ranks.active else loss).backward()
             if s.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
             optimizer.step()
             if schedule is not None:
                 schedule.step()
-            totals["loss"] += float(loss.detach()) * len(labels)
-            totals["correct"] += int((out.logits.argmax(dim=1) == labels).sum())
-            totals["seen"] += len(labels)
-            totals["spikes"] = [a + float(b) for a, b in zip(totals["spikes"], out.spike_counts, strict=True)]
+            if share > 0:  # (a rank with no images this batch ran one with weight 0)
+                totals["loss"] += float(loss.detach()) * len(labels)
+                totals["correct"] += int((out.logits.argmax(dim=1) == labels).sum())
+                totals["seen"] += len(labels)
+                totals["spikes"] = [a + float(b) for a, b in zip(totals["spikes"], out.spike_counts, strict=True)]
             elapsed = time.perf_counter() - started
-            cb.batch_done({"loss": totals["loss"] / totals["seen"], "accuracy": totals["correct"] / totals["seen"],
-                           "samples_per_s": totals["seen"] / max(elapsed, 1e-9)})
+            cb.batch_done({"loss": totals["loss"] / max(totals["seen"], 1),
+                           "accuracy": totals["correct"] / max(totals["seen"], 1),
+                           "samples_per_s": totals["seen"] * ranks.world / max(elapsed, 1e-9)})
         epoch_seconds = time.perf_counter() - started
         train_seconds += epoch_seconds
+        totals = _summed(totals, ranks, device)
+        if (epoch + 1) % s.checkpoint_every == 0 or epoch + 1 == s.epochs:
+            resume_state = checkpoint(epoch + 1, 0)  # collective; saved below, after this epoch's record
+        if not ranks.main:  # validation, records and checkpoints are rank 0's
+            order, partial, start_batch = None, None, 0
+            continue
         val = evaluate(model, val_set, cfg) if len(val_set) else None
         record = {
             "epoch": epoch + 1,
@@ -360,11 +399,16 @@ def train(cfg: TrainConfig, folder: Path, device: torch.device, callbacks: Callb
         order, partial, start_batch = None, None, 0
         if score > best_val:
             best_val = score
-            save_checkpoint(checkpoints / "best.pt", {"model": model.state_dict(), "epoch": epoch + 1})
+            save("best.pt", {"model": model.state_dict(), "epoch": epoch + 1})
         if (epoch + 1) % s.checkpoint_every == 0 or epoch + 1 == s.epochs:
-            save_checkpoint(checkpoints / "last.pt", checkpoint(epoch + 1, 0))
+            save("last.pt", {**resume_state, "history": history, "best_val_accuracy": best_val})
         cb.epoch_done(record)
 
+    digests = distributed.gather(ranks, distributed.weights_digest(model))
+    if len(set(digests)) > 1:
+        raise RuntimeError(f"the {ranks.world} replicas ended with different weights: {digests}")
+    if not ranks.main:
+        return None
     best = torch.load(checkpoints / "best.pt", map_location=device, weights_only=True)
     model.load_state_dict(best["model"])
     test = evaluate(model, test_set, cfg)
@@ -378,7 +422,25 @@ def train(cfg: TrainConfig, folder: Path, device: torch.device, callbacks: Callb
         "epochs": len(history),
         "history": history,
         "test_images": len(test_set),
+        "processes": ranks.world,
+        "weights_sha256": digests,
     }
+
+
+# (torch 2.14 renamed broadcast_buffers; the old name still works but warns)
+_NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
+                   if "forward_sync_buffers" in inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters
+                   else {"broadcast_buffers": False})
+_RANK_STRIDE = 1_000_003  # seeds of rank r's random streams: seed + r * stride (rank 0: the single-process ones)
+
+
+def _summed(totals: dict, ranks: Ranks, device: torch.device) -> dict:
+    """An epoch's running totals summed over the ranks (the seconds are rank 0's)."""
+    if not ranks.active:
+        return totals
+    values = distributed.sum_ranks(ranks, device, [totals["loss"], totals["correct"], totals["seen"],
+                                                   *totals["spikes"]])
+    return {**totals, "loss": values[0], "correct": int(values[1]), "seen": int(values[2]), "spikes": values[3:]}
 
 
 def build_model_from(folder: Path, cfg: TrainConfig, device, checkpoint: str = "best.pt") -> Network:
