@@ -147,6 +147,9 @@ def train(
     device: DeviceOption = None,
     resume: Annotated[Path | None, typer.Option("--resume", metavar="RUN_DIR",
                                                 help="Continue an interrupted run in its own folder.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="With --resume: continue even though the run's "
+                                        "config.yaml was edited since its checkpoint (the edited config is used).")]
+    = False,
     nproc: Annotated[int, typer.Option("--nproc", min=1, help="Processes on this machine (DistributedDataParallel "
                                        "through torchrun; one per GPU on CUDA).")] = 1,
 ) -> None:
@@ -155,12 +158,12 @@ def train(
     from snnrun.commands import load_train_config, run_training
     from snnrun.training import Callbacks, TrainingDiverged, TrainingInterrupted
 
-    cfg, resume_dir = load_train_config(config, set_ or [], device, resume)
+    cfg, resume_dir = load_train_config(config, set_ or [], device, resume, force)
     ranks = distributed.from_environment()
     if nproc > 1 and not ranks.active:
         args = ["train", *([str(config)] if config else []), "--out", str(out_dir),
                 *[a for item in set_ or [] for a in ("--set", item)], *(["--device", device] if device else []),
-                *(["--resume", str(resume)] if resume else [])]
+                *(["--resume", str(resume)] if resume else []), *(["--force"] if force else [])]
         raise typer.Exit(_launch(nproc, args))
     stop = StopFlag(abort_on_second=not ranks.active)  # under torchrun the launcher repeats the signal
     folder_box: list[Path] = []

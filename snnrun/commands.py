@@ -26,7 +26,18 @@ from snnrun.evaluation import evaluate_run, load_network, locate
 from snnrun.runs import StagedRun, claim_run_dir, environment, write_json, write_text
 from snnrun.simulation import SimulationConfig, SimulationResult, parse_simulation, simulate
 from snnrun.stimulus import KINDS
-from snnrun.training import Callbacks, TrainConfig, config_to_dict, encode, load_splits, parse_train, train
+from snnrun.training import (
+    RESUME_KEYS,
+    Callbacks,
+    CheckpointError,
+    TrainConfig,
+    config_to_dict,
+    encode,
+    load_splits,
+    parse_train,
+    read_checkpoint,
+    train,
+)
 
 DEFAULT_SIMULATION = Path("configs/step.yaml")
 
@@ -126,8 +137,9 @@ class TrainingRun:
 
 
 def load_train_config(path: Path | None, overrides: list[str], device: str | None = None,
-                      resume: Path | None = None) -> tuple[TrainConfig, Path | None]:
-    """The config to train with, and the run folder to continue when resuming."""
+                      resume: Path | None = None, force: bool = False) -> tuple[TrainConfig, Path | None]:
+    """The config to train with, and the run folder to continue when resuming (its config.yaml must be the
+    one the checkpoint was trained with, unless `force`)."""
     if resume is not None:
         if not (resume / "checkpoints" / "last.pt").is_file():
             raise ConfigError("nothing to resume: no checkpoints/last.pt in this folder", source=str(resume))
@@ -146,7 +158,31 @@ def load_train_config(path: Path | None, overrides: list[str], device: str | Non
         original = parse_train(load_yaml(path), str(path))
         if config_to_dict(original) != config_to_dict(cfg):
             raise ConfigError("--set cannot change a run being resumed (it must end as it began)", source="--set")
+    if resume is not None:
+        checkpoint = resume / "checkpoints" / "last.pt"
+        try:
+            saved = read_checkpoint(checkpoint, keys=RESUME_KEYS).get("config")
+        except CheckpointError as error:
+            raise ConfigError(f"{error}; nothing to resume from", source=str(checkpoint)) from None
+        edited = config_changes(saved, config_to_dict(cfg)) if saved is not None else []
+        if edited and not force:
+            raise ConfigError(f"config.yaml was edited after the checkpoint was written ({'; '.join(edited)}); "
+                              "restore it, or pass --force to continue with the edited config",
+                              source=str(path))
     return cfg, resume
+
+
+def config_changes(before: dict, after: dict, prefix: str = "") -> list[str]:
+    """'key: old -> new' for every dotted key whose value differs between two config dicts."""
+    changes = []
+    for key in sorted(set(before) | set(after), key=str):
+        name = f"{prefix}{key}"
+        old, new = before.get(key), after.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += config_changes(old, new, f"{name}.")
+        elif old != new:
+            changes.append(f"{name}: {old!r} -> {new!r}")
+    return changes
 
 
 def run_training(cfg: TrainConfig, out: Path, callbacks: Callbacks, resume: Path | None = None,
@@ -196,8 +232,8 @@ def _train_in_folder(cfg, out, callbacks, resume, on_folder, device, ranks) -> T
     summary = train(cfg, folder, device, callbacks, resume=resume is not None, ranks=ranks)
     history = summary.pop("history")
     _write_metrics_csv(folder / "metrics.csv", history)
-    write_json(folder / "summary.json", summary)
     _plot_training(cfg, folder, history, device)
+    write_json(folder / "summary.json", summary)  # last: its presence marks a finished run
     with open(folder / "run.log", "a", encoding="utf-8") as log:
         log.write(f"finished: test accuracy {summary['test_accuracy']:.4f}, best val {summary['best_val_accuracy']}, "
                   f"{summary['train_seconds']:.1f} s of training\n")

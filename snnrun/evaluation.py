@@ -9,7 +9,7 @@ import torch
 
 from snnrun.config import ConfigError, load_yaml
 from snnrun.network import Network
-from snnrun.training import TrainConfig, evaluate, load_splits, parse_train
+from snnrun.training import CheckpointError, TrainConfig, evaluate, load_splits, parse_train, read_checkpoint
 
 
 @dataclass
@@ -41,10 +41,11 @@ def load_network(run: TrainedRun, device) -> Network:
     """The network of a run with its trained weights; a corrupt or foreign checkpoint is a clear error."""
     model = Network(run.config.model, run.config.encoding.time_steps).to(device)
     try:
-        state = torch.load(run.checkpoint, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-    except Exception as error:  # torch raises many types for damaged or foreign files
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        model.load_state_dict(read_checkpoint(run.checkpoint, device)["model"])
+    except CheckpointError as error:
+        raise ConfigError(str(error), source=str(run.checkpoint)) from None
+    except (RuntimeError, TypeError, AttributeError) as error:  # tensors of other shapes or names
+        reason = str(error).strip().splitlines()[0]
         raise ConfigError(f"not a checkpoint of this run's network ({reason[:200]})",
                           source=str(run.checkpoint)) from None
     return model

@@ -228,13 +228,49 @@ def per_neuron_step(spike_totals: torch.Tensor, model: Network, samples: int, st
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Write atomically: a crash leaves the previous complete file or the new one, never a torn file."""
+    """Write atomically: a crash leaves the previous complete file or the new one, never a torn file.
+
+    The state goes to a hidden temporary file in the same folder, is flushed to disk, and replaces the old file
+    in one rename (then the folder entry is flushed too). A failed write (a full disk) removes the temporary
+    file and leaves the old checkpoint as it was."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+RESUME_KEYS = ("model", "optimizer", "rng", "epoch", "batch", "history", "best_val_accuracy", "train_seconds")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read as one of ours."""
+
+
+def read_checkpoint(path: Path, device="cpu", keys: tuple[str, ...] = ("model",)) -> dict:
+    """A checkpoint's contents (tensors only, never arbitrary pickled code), with the keys asked for; a
+    damaged, truncated or foreign file raises CheckpointError naming the problem."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # torch raises many types for damaged or foreign files
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"not a snnrun checkpoint ({reason[:200]})") from None
+    missing = [key for key in keys if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise CheckpointError(f"not a snnrun checkpoint (no {', '.join(missing)})")
+    return state
 
 
 def rng_state(generator: torch.Generator, perm_generator: torch.Generator) -> dict:
@@ -301,7 +337,7 @@ def train(cfg: TrainConfig, folder: Path | None, device: torch.device, callbacks
     train_seconds = 0.0
 
     if resume:
-        ckpt = torch.load(checkpoints / "last.pt", map_location=device, weights_only=True)
+        ckpt = read_checkpoint(checkpoints / "last.pt", device, RESUME_KEYS)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if schedule is not None:
@@ -326,7 +362,7 @@ def train(cfg: TrainConfig, folder: Path | None, device: torch.device, callbacks
                 "schedule": schedule.state_dict() if schedule is not None else None,
                 "rng": rngs[0], "rng_ranks": rngs if ranks.active else None, "epoch": epoch, "batch": batch,
                 "order": order, "partial": partial, "history": history, "best_val_accuracy": best_val,
-                "train_seconds": train_seconds, "processes": ranks.world}
+                "train_seconds": train_seconds, "processes": ranks.world, "config": config_to_dict(cfg)}
 
     def save(name: str, state: dict) -> None:
         if ranks.main:

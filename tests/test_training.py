@@ -115,7 +115,7 @@ def test_eval_of_a_corrupt_checkpoint_is_a_clear_error(in_tmp):
     (folder / "config.yaml").write_text(yaml.safe_dump(load_yaml(REPO / "configs" / "smoke.yaml")))
     (folder / "checkpoints" / "best.pt").write_bytes(b"\x80\x04not a checkpoint")
     result = runner.invoke(app, ["eval", str(folder)])
-    assert result.exit_code == 2 and "not a checkpoint" in result.output
+    assert result.exit_code == 2 and "not a snnrun checkpoint" in result.output
 
 
 def test_shipped_training_configs_are_valid():
