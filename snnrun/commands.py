@@ -23,7 +23,7 @@ from snnrun.config import ConfigError, apply_overrides, dump_yaml, load_yaml, to
 from snnrun.data import load_mnist
 from snnrun.devices import resolve_device
 from snnrun.evaluation import evaluate_run, load_network, locate
-from snnrun.runs import StagedRun, claim_run_dir, environment, write_json, write_text
+from snnrun.runs import StagedRun, claim_run_dir, ensure_writable, environment, write_json, write_text
 from snnrun.simulation import SimulationConfig, SimulationResult, parse_simulation, simulate
 from snnrun.stimulus import KINDS
 from snnrun.training import (
@@ -92,6 +92,7 @@ def blame_overrides(overrides: list[str], device: str | None) -> Iterator[None]:
 def run_simulation(cfg: SimulationConfig, out: Path, progress: Callable[[int], None] | None = None) -> SimulationRun:
     """Simulate, then write the run folder: config, environment, traces, metrics and plots."""
     device = resolve_device(cfg.device)
+    ensure_writable(out)
     result = simulate(cfg, device, progress)
     with StagedRun(out, cfg.name) as run:
         folder = run.path
@@ -193,6 +194,7 @@ def run_training(cfg: TrainConfig, out: Path, callbacks: Callbacks, resume: Path
     Under torchrun (`ranks.active`) every rank trains its share; rank 0 alone writes the folder and returns
     the run, the others return None."""
     device = resolve_device(cfg.device)
+    ensure_writable(out if resume is None else resume / "checkpoints")
     load_mnist(cfg.data.root, cfg.data.download)  # no data: a clear error before any folder exists
     if ranks.active:
         device = distributed.start(ranks, device)
@@ -291,6 +293,7 @@ def run_evaluation(path: Path, split: str = "test", device: str | None = None) -
         raise ConfigError(f"{split!r} is not allowed; expected test or val", source="--split")
     run = locate(path)
     torch_device = resolve_device(device or run.config.device, source="--device" if device else None)
+    ensure_writable(run.folder / "eval")
     report = evaluate_run(run, torch_device, split)
     folder = claim_run_dir(run.folder / "eval", split)
     write_json(folder / "eval.json", report)

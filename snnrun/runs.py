@@ -77,13 +77,31 @@ class StagedRun:
 
 
 def write_text(path: Path, text: str) -> None:
-    """Write a file atomically: a reader sees the old content or the new, never a torn one."""
+    """Write a file atomically: a reader sees the old content or the new, never a torn one (a failed write,
+    e.g. on a full disk, removes its temporary file and leaves the old content)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def ensure_writable(folder: Path) -> None:
+    """Fail now, before any work, where files cannot be written into folder (created if missing): no
+    permission, a read-only file system, a file in the way, a full disk."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder) as probe:
+            probe.write(b"snnrun")
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as error:
+        raise OSError(error.errno, f"cannot write here ({error.strerror or error})", str(folder)) from None
 
 
 def write_json(path: Path, data: Any) -> None:
