@@ -233,6 +233,8 @@ def _train_in_folder(cfg, out, callbacks, resume, on_folder, device, ranks) -> T
         log.write(f"{'resumed' if resume else 'started'} on {device}{processes}: {' '.join(sys.argv)}\n")
     summary = train(cfg, folder, device, callbacks, resume=resume is not None, ranks=ranks)
     history = summary.pop("history")
+    # whole again from the checkpointed history: a run killed between a checkpoint and its metrics line loses none
+    write_text(folder / "metrics.jsonl", "".join(json.dumps(record) + "\n" for record in history))
     _write_metrics_csv(folder / "metrics.csv", history)
     _plot_training(cfg, folder, history, device)
     write_json(folder / "summary.json", summary)  # last: its presence marks a finished run

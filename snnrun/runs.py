@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import json
 import os
 import platform
@@ -92,11 +93,15 @@ def write_text(path: Path, text: str) -> None:
 
 
 def ensure_writable(folder: Path) -> None:
-    """Fail now, before any work, where files cannot be written into folder (created if missing): no
-    permission, a read-only file system, a file in the way, a full disk."""
+    """Fail now, before any work, where files cannot be written into folder: no permission, a read-only file
+    system, a file in the way, a full disk. Probes (and creates nothing in) folder's nearest existing ancestor."""
+    existing = Path(folder)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder) as probe:
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{existing} is a file")
+        with tempfile.TemporaryFile(dir=existing) as probe:
             probe.write(b"snnrun")
             probe.flush()
             os.fsync(probe.fileno())
