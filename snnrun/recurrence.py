@@ -46,15 +46,15 @@ class _Recurrence(torch.autograd.Function):
                 drive = current[t]
                 if syn is not None:
                     syn = drive = torch.add(drive, syn, alpha=alpha)
-                if delayed and reset == "zero":  # leaky: beta*(U*(1 - S)) + I;  synaptic: (1 - S)*(beta*U + I_syn)
-                    keep = 1 - s
-                    u = u * keep
-                    if syn is not None:
-                        drive = drive * keep
+                zero_delayed = delayed and reset == "zero"
+                if zero_delayed and syn is None:  # leaky: beta*(U*(1 - S)) + I, with U - U*S exact for S in {0, 1}
+                    u = torch.addcmul(u, u, s, value=-1)
                 if b is not None:
                     torch.add(drive, u, alpha=b, out=pre[t])
                 else:
                     torch.addcmul(drive, beta, u, out=pre[t])
+                if zero_delayed and syn is not None:  # synaptic: (1 - S)*(beta*U + I_syn), in place
+                    pre[t].addcmul_(pre[t], s, value=-1)
                 if delayed and reset == "subtract":
                     pre[t].sub_(s, alpha=threshold)
                 torch.gt(pre[t], threshold, out=spk[t])
