@@ -346,7 +346,7 @@ def train(cfg: TrainConfig, folder: Path | None, device: torch.device, callbacks
         start_epoch, start_batch = ckpt["epoch"], ckpt["batch"]
         order, partial = ckpt.get("order"), ckpt.get("partial") if ranks.main else None
         per_rank = ckpt.get("rng_ranks") or [ckpt["rng"]]
-        if ranks.rank < len(per_rank) and len(per_rank) == ranks.world:
+        if len(per_rank) == ranks.world:
             restore_rng(per_rank[ranks.rank], generator, perm_generator)
         else:  # saved with another number of processes: the shared order as saved, fresh streams per rank
             restore_rng(per_rank[0], generator, perm_generator)
@@ -390,8 +390,9 @@ def train(cfg: TrainConfig, folder: Path | None, device: torch.device, callbacks
             loss = loss_of(out, labels, s, cfg.encoding.time_steps)
             diverged, = distributed.any_rank(ranks, device, not bool(torch.isfinite(loss)))
             if diverged:
-                raise TrainingDiverged(f"the loss became {float(loss)} in epoch {epoch + 1}, batch {batch + 1}; "
-                                       "the last good checkpoint is kept (try a lower train.lr or train.grad_clip)")
+                raise TrainingDiverged(f"the loss became {float(loss.detach())} in epoch {epoch + 1}, "
+                                       f"batch {batch + 1}; the last good checkpoint is kept (try a lower train.lr "
+                                       "or train.grad_clip)")
             optimizer.zero_grad(set_to_none=True)
             (loss * share if ranks.active else loss).backward()
             if s.grad_clip:
@@ -445,7 +446,7 @@ def train(cfg: TrainConfig, folder: Path | None, device: torch.device, callbacks
         raise RuntimeError(f"the {ranks.world} replicas ended with different weights: {digests}")
     if not ranks.main:
         return None
-    best = torch.load(checkpoints / "best.pt", map_location=device, weights_only=True)
+    best = read_checkpoint(checkpoints / "best.pt", device, ("model", "epoch"))
     model.load_state_dict(best["model"])
     test = evaluate(model, test_set, cfg)
     return {
@@ -478,10 +479,3 @@ def _summed(totals: dict, ranks: Ranks, device: torch.device) -> dict:
                                                    *totals["spikes"]])
     return {**totals, "loss": values[0], "correct": int(values[1]), "seen": int(values[2]), "spikes": values[3:]}
 
-
-def build_model_from(folder: Path, cfg: TrainConfig, device, checkpoint: str = "best.pt") -> Network:
-    """The trained network of a run folder."""
-    model = Network(cfg.model, cfg.encoding.time_steps).to(device)
-    state = torch.load(folder / "checkpoints" / checkpoint, map_location=device, weights_only=True)
-    model.load_state_dict(state["model"])
-    return model
