@@ -83,7 +83,7 @@ class _Recurrence(torch.autograd.Function):
         if grad_spikes is None:
             c = grad_mem.clone()
         else:
-            c = DERIVATIVES[kind](grad_spikes, pre - threshold, slope)
+            c = DERIVATIVES[kind](grad_spikes, pre, slope, threshold)
             if c is grad_spikes:  # straight-through hands the gradient back unchanged: never write into it
                 c = c.clone()
             if grad_mem is not None:

@@ -75,6 +75,8 @@ class _SpikeLinear(torch.autograd.Function):
     def backward(ctx, grad):
         rows, cols, values, weight, reference = ctx.saved_tensors
         grad_x = grad_w = grad_b = None
+        # with a reference: the gradient summed over time, (batch, out), serves both its share and the bias
+        over_time = grad.reshape(-1, reference.shape[0], grad.shape[1]).sum(0) if reference is not None else None
         if ctx.needs_input_grad[0]:
             grad_x = grad @ weight
         if ctx.needs_input_grad[1]:
@@ -82,11 +84,10 @@ class _SpikeLinear(torch.autograd.Function):
             by_input = _bag(rows[order], grad.contiguous(), _offsets(cols[order], ctx.inputs),
                             values if ctx.uniform else values[order], ctx.uniform)
             if reference is not None:
-                over_time = grad.reshape(-1, reference.shape[0], grad.shape[1]).sum(0)  # (batch, out)
                 by_input.addmm_(reference.t(), over_time)
             grad_w = by_input.t().contiguous()
         if ctx.needs_input_grad[2]:
-            grad_b = grad.sum(0)
+            grad_b = (over_time if over_time is not None else grad).sum(0)
         return grad_x, grad_w, grad_b, None, None
 
 
