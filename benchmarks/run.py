@@ -27,6 +27,7 @@ import json
 import platform
 import socket
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -42,7 +43,7 @@ from snnrun.surrogate import Surrogate
 from snnrun.training import TrainSettings, loss_of, make_optimizer
 
 RESULTS = Path(__file__).resolve().parent / "results"
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 150)  # a log file gets the table unwrapped
 DEVICE = torch.device("cpu")
 
 
