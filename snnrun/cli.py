@@ -161,6 +161,9 @@ def train(
     cfg, resume_dir = load_train_config(config, set_ or [], device, resume, force)
     ranks = distributed.from_environment()
     if nproc > 1 and not ranks.active:
+        if cfg.device != "cpu" and torch_cuda_count() and nproc > torch_cuda_count():
+            raise ConfigError(f"--nproc {nproc} is not allowed: this machine has {torch_cuda_count()} CUDA "
+                              "device(s), one process per GPU (or use --device cpu)", source="--nproc")
         args = ["train", *([str(config)] if config else []), "--out", str(out_dir),
                 *[a for item in set_ or [] for a in ("--set", item)], *(["--device", device] if device else []),
                 *(["--resume", str(resume)] if resume else []), *(["--force"] if force else [])]
@@ -207,6 +210,12 @@ def train(
         return
     out.print(_training_table(run))
     print(run.folder, flush=True)
+
+
+def torch_cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def _launch(nproc: int, args: list[str]) -> int:

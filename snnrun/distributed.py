@@ -56,7 +56,12 @@ def start(ranks: Ranks, device: torch.device) -> torch.device:
         raise ConfigError(f"training on several processes runs on cuda or cpu, not {device.type}",
                           source="torchrun", key="device")
     if device.type == "cuda":
-        device = torch.device("cuda", ranks.local_rank % torch.cuda.device_count())
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        if local_world > torch.cuda.device_count():  # NCCL cannot put two ranks on one GPU
+            raise ConfigError(f"{local_world} processes on this machine but {torch.cuda.device_count()} CUDA "
+                              f"device(s); start at most one process per GPU (or use --device cpu)",
+                              source="torchrun", key="device")
+        device = torch.device("cuda", ranks.local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
