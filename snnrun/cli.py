@@ -161,9 +161,10 @@ def train(
     cfg, resume_dir = load_train_config(config, set_ or [], device, resume, force)
     ranks = distributed.from_environment()
     if nproc > 1 and not ranks.active:
-        if cfg.device != "cpu" and torch_cuda_count() and nproc > torch_cuda_count():
-            raise ConfigError(f"--nproc {nproc} is not allowed: this machine has {torch_cuda_count()} CUDA "
-                              "device(s), one process per GPU (or use --device cpu)", source="--nproc")
+        gpus = _cuda_devices() if cfg.device != "cpu" else 0
+        if 0 < gpus < nproc:
+            raise ConfigError(f"--nproc {nproc} is not allowed: this machine has {gpus} CUDA device(s), one "
+                              "process per GPU (or use --device cpu)", source="--nproc")
         args = ["train", *([str(config)] if config else []), "--out", str(out_dir),
                 *[a for item in set_ or [] for a in ("--set", item)], *(["--device", device] if device else []),
                 *(["--resume", str(resume)] if resume else []), *(["--force"] if force else [])]
@@ -212,7 +213,7 @@ def train(
     print(run.folder, flush=True)
 
 
-def torch_cuda_count() -> int:
+def _cuda_devices() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
