@@ -197,14 +197,14 @@ def test_resume_refuses_an_edited_config_unless_forced(tmp_path):
 # --------------------------------------------------------------------------- bad input never gives a traceback
 
 
-def assert_clean_failure_or_run(result, out: Path) -> None:
+def assert_clean_failure_or_run(result, out: Path, finished_file: str = "summary.json") -> None:
     """Exit 2 with one `error:` line and no run folder, or a finished run; never a traceback."""
     text = result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), text
     assert "Traceback" not in text
     if result.exit_code == 0:
         folders = [p for p in out.iterdir() if not p.name.startswith(".")] if out.exists() else []
-        assert len(folders) == 1 and (folders[0] / "summary.json").exists()
+        assert len(folders) == 1 and (folders[0] / finished_file).exists(), text
         return
     diverged = result.exit_code == 1 and "the loss became" in text  # a valid config can still diverge
     assert result.exit_code == 2 or diverged, text
@@ -257,6 +257,24 @@ def test_random_yaml_documents(tmp_path, document):
     config.write_text(document if isinstance(document, str) else yaml.safe_dump(document))
     result = runner.invoke(app, ["train", str(config), "--out", str(out), *TINY])
     assert_clean_failure_or_run(result, out)
+
+
+STEP = load_yaml(ROOT / "configs" / "step.yaml")
+SIMULATION_KEYS = ["name", "time_steps", "neurons", "device", "record_neurons", "neuron", "neuron.model",
+                   "neuron.beta", "neuron.tau", "neuron.dt", "neuron.threshold", "neuron.reset",
+                   "neuron.initial_membrane", "neuron.refractory_ms", "stimulus", "stimulus.kind",
+                   "stimulus.amplitude", "stimulus.onset", "stimulus.offset", "stimulus.values", "nonsense"]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(document=st.one_of(st.tuples(st.sampled_from(SIMULATION_KEYS), values).map(lambda kv: mutate(STEP, *kv)),
+                          values, st.text(max_size=40)))
+def test_random_yaml_documents_to_simulate(tmp_path, document):
+    out = tmp_path / f"out{time.monotonic_ns()}"
+    config = tmp_path / "sim.yaml"
+    config.write_text(document if isinstance(document, str) else yaml.safe_dump(document))
+    result = runner.invoke(app, ["simulate", str(config), "--out", str(out)])
+    assert_clean_failure_or_run(result, out, finished_file="metrics.json")
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
