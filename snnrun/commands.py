@@ -81,7 +81,9 @@ def blame_overrides(overrides: list[str], device: str | None) -> Iterator[None]:
         if device is not None:
             given["device"] = f"--device {device}"
         key = error.key or ""
-        origin = next((item for k, item in given.items() if key == k or key.startswith(k + ".")), None)
+        # the bad key is the one set, lies under it, or is a section the setting created on its way down
+        origin = next((item for k, item in given.items()
+                       if key == k or key.startswith(k + ".") or k.startswith(key + ".")), None)
         if origin is None:
             raise
         option = origin if origin.startswith("--") else f"--set {origin}"

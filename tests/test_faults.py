@@ -197,8 +197,10 @@ def test_resume_refuses_an_edited_config_unless_forced(tmp_path):
 # --------------------------------------------------------------------------- bad input never gives a traceback
 
 
-def assert_clean_failure_or_run(result, out: Path, finished_file: str = "summary.json") -> None:
-    """Exit 2 with one `error:` line and no run folder, or a finished run; never a traceback."""
+def assert_clean_failure_or_run(result, out: Path, finished_file: str = "summary.json",
+                                names: tuple[str, ...] = ()) -> None:
+    """Exit 2 with one `error:` line (naming one of `names`: the file or option at fault) and no run folder,
+    or a finished run; never a traceback."""
     text = result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), text
     assert "Traceback" not in text
@@ -212,6 +214,7 @@ def assert_clean_failure_or_run(result, out: Path, finished_file: str = "summary
     assert len(errors) == 1, text
     if result.exit_code == 2:
         assert not out.exists() or not [p for p in out.iterdir() if not p.name.startswith(".")], text
+        assert not names or any(name in errors[0] for name in names), text
 
 
 SMOKE = load_yaml(ROOT / "configs" / "smoke.yaml")
@@ -256,7 +259,7 @@ def test_random_yaml_documents(tmp_path, document):
     config = tmp_path / "config.yaml"
     config.write_text(document if isinstance(document, str) else yaml.safe_dump(document))
     result = runner.invoke(app, ["train", str(config), "--out", str(out), *TINY])
-    assert_clean_failure_or_run(result, out)
+    assert_clean_failure_or_run(result, out, names=(str(config), "--set"))
 
 
 STEP = load_yaml(ROOT / "configs" / "step.yaml")
@@ -274,7 +277,7 @@ def test_random_yaml_documents_to_simulate(tmp_path, document):
     config = tmp_path / "sim.yaml"
     config.write_text(document if isinstance(document, str) else yaml.safe_dump(document))
     result = runner.invoke(app, ["simulate", str(config), "--out", str(out)])
-    assert_clean_failure_or_run(result, out, finished_file="metrics.json")
+    assert_clean_failure_or_run(result, out, finished_file="metrics.json", names=(str(config),))
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -284,7 +287,7 @@ def test_random_set_keys_and_values(tmp_path, key, value):
     out = tmp_path / f"out{time.monotonic_ns()}"
     result = runner.invoke(app, ["train", str(ROOT / "configs" / "smoke.yaml"), "--out", str(out), "--set",
                                  f"{key}={value}", *TINY])
-    assert_clean_failure_or_run(result, out)
+    assert_clean_failure_or_run(result, out, names=("--set",))
 
 
 @pytest.fixture(scope="module")
