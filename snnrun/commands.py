@@ -80,15 +80,15 @@ def blame_overrides(overrides: list[str], device: str | None) -> Iterator[None]:
         given = {item.partition("=")[0].strip(): item for item in overrides}
         if device is not None:
             given["device"] = f"--device {device}"
-        key = error.key or ""
-        # the bad key is the one set, lies under it, or is a section the setting created on its way down
-        origin = next((item for k, item in given.items()
+        keys = [error.key or "", *error.related]
+        # a key at fault is the one set, lies under it, or is a section the setting created on its way down
+        origin = next((item for k, item in given.items() for key in keys
                        if key == k or key.startswith(k + ".") or k.startswith(key + ".")), None)
         if origin is None:
             raise
         option = origin if origin.startswith("--") else f"--set {origin}"
         source = f"{error.source} ({option})" if error.source else option
-        raise ConfigError(error.detail, source=source, key=error.key) from None
+        raise ConfigError(error.detail, source=source, key=error.key, related=error.related) from None
 
 
 def run_simulation(cfg: SimulationConfig, out: Path, progress: Callable[[int], None] | None = None) -> SimulationRun:

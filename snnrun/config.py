@@ -21,9 +21,11 @@ import yaml
 class ConfigError(ValueError):
     """A config problem a person can fix: names the file, the key, the value and what is allowed."""
 
-    def __init__(self, message: str, *, source: str | None = None, key: str | None = None):
+    def __init__(self, message: str, *, source: str | None = None, key: str | None = None,
+                 related: tuple[str, ...] = ()):
         self.source = source
         self.key = key
+        self.related = related  # other keys a cross-field rule involves (so a --set of any of them is named)
         self.detail = message
         where = ": ".join(part for part in (source, key) if part)
         super().__init__(f"{where}: {message}" if where else message)

@@ -48,10 +48,12 @@ class NeuronSpec:
 
     def validate(self, path, source):
         if self.beta is not None and (self.tau is not None or self.dt is not None):
-            raise ConfigError("give beta, or tau and dt, not both", source=source, key=f"{path}.beta")
+            raise ConfigError("give beta, or tau and dt, not both", source=source, key=f"{path}.beta",
+                              related=(f"{path}.tau", f"{path}.dt"))
         if (self.tau is None) != (self.dt is None):
+            missing, given = ("dt", "tau") if self.dt is None else ("tau", "dt")
             raise ConfigError("tau and dt go together (beta = exp(-dt/tau))", source=source,
-                              key=f"{path}.{'dt' if self.dt is None else 'tau'}")
+                              key=f"{path}.{missing}", related=(f"{path}.{given}",))
 
     @property
     def decay(self) -> float:

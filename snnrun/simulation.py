@@ -57,10 +57,12 @@ class LeakyNeuron:
 
     def validate(self, path, source):
         if self.beta is not None and (self.tau is not None or self.dt is not None):
-            raise ConfigError("give beta, or tau and dt, not both", source=source, key=f"{path}.beta")
+            raise ConfigError("give beta, or tau and dt, not both", source=source, key=f"{path}.beta",
+                              related=(f"{path}.tau", f"{path}.dt"))
         if (self.tau is None) != (self.dt is None):
-            missing = "dt" if self.dt is None else "tau"
-            raise ConfigError("tau and dt go together (beta = exp(-dt/tau))", source=source, key=f"{path}.{missing}")
+            missing, given = ("dt", "tau") if self.dt is None else ("tau", "dt")
+            raise ConfigError("tau and dt go together (beta = exp(-dt/tau))", source=source, key=f"{path}.{missing}",
+                              related=(f"{path}.{given}",))
         if self.beta is None and self.tau is None:
             object.__setattr__(self, "beta", 0.8)
 
@@ -141,7 +143,7 @@ class LIFNeuron:
         for reset, thresh in _pairs(self.v_reset_mv, self.v_thresh_mv):
             if reset >= thresh:
                 raise ConfigError(f"{reset} is not allowed; expected v_reset_mv below v_thresh_mv ({thresh})",
-                                  source=source, key=f"{path}.v_reset_mv")
+                                  source=source, key=f"{path}.v_reset_mv", related=(f"{path}.v_thresh_mv",))
 
     def parameters(self, device, dtype) -> neurons.LIFParameters:
         v = lambda x: _values(x, device, dtype)  # noqa: E731
@@ -199,11 +201,12 @@ class SimulationConfig:
                 if len(values) != self.neurons:
                     raise ConfigError(
                         f"a list of {len(values)} values is not allowed; expected one number, or a list of "
-                        f"{self.neurons} (one per neuron, see `neurons`)", source=source, key=f"{section_name}.{name}")
+                        f"{self.neurons} (one per neuron, see `neurons`)", source=source, key=f"{section_name}.{name}",
+                        related=("neurons",))
         steps = getattr(self.stimulus, "steps", None)
         if steps is not None and max(steps) >= self.time_steps:
             raise ConfigError(f"{max(steps)} is not allowed; expected pulse steps below time_steps "
-                              f"({self.time_steps})", source=source, key="stimulus.steps")
+                              f"({self.time_steps})", source=source, key="stimulus.steps", related=("time_steps",))
 
 
 def parse_simulation(data: dict, source: str | None) -> SimulationConfig:

@@ -92,7 +92,7 @@ class TrainConfig:
         needs_neurons = self.train.loss in ("ce_rate", "ce_membrane", "mse_count")
         if needs_neurons and self.model.readout == "mean_current":
             raise ConfigError(f"{self.train.loss} is not allowed with model.readout: mean_current (it has no output "
-                              "neurons); use loss: ce", source=source, key="train.loss")
+                              "neurons); use loss: ce", source=source, key="train.loss", related=("model.readout",))
         if self.model.input_size != 784:
             raise ConfigError(f"{self.model.input_size} is not allowed; MNIST images have 784 pixels",
                               source=source, key="model.input_size")
