@@ -71,6 +71,16 @@ def test_two_processes_train_like_one(tmp_path, single_run):
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
 
 
+def test_torchrun_itself_starts_the_same_training(tmp_path):
+    """The documented `torchrun --nproc_per_node=2 -m snnrun train ...` (torchrun's own command line)."""
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "-m", "snnrun", "train", SMOKE, "--device", "cpu", "--out", str(tmp_path),
+                             "--set", "train.subset.train=640"], capture_output=True, text=True, cwd=ROOT, env=ENV,
+                            timeout=300)
+    summary = json.loads((run_folder(result) / "summary.json").read_text())
+    assert summary["processes"] == 2 and len(set(summary["weights_sha256"])) == 1
+
+
 def _wait_for(path_glob: str, parent: Path, proc: subprocess.Popen, timeout: float = 240) -> Path:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
