@@ -388,3 +388,31 @@ def test_cuda_asked_for_on_a_machine_without_one(tmp_path):
         result = runner.invoke(app, [*command, "--device", "cuda", "--out", str(tmp_path / "out")])
         assert result.exit_code == 2 and "no CUDA device" in result.output, result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_full_disk_at_the_start_is_an_error_before_any_work(tmp_path, monkeypatch):
+    class FullDisk:
+        def __init__(self, *args, **kwargs):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(runs.tempfile, "TemporaryFile", FullDisk)
+    monkeypatch.setattr(training, "load_splits", lambda *a: pytest.fail("work started on a full disk"))
+    result = runner.invoke(app, ["train", str(ROOT / "configs/smoke.yaml"), "--out", str(tmp_path / "out"),
+                                 "--set", f"data.root={ROOT / 'data'}", "--device", "cpu"])
+    assert result.exit_code == 2 and "cannot write here (No space left on device)" in result.output, result.output
+    assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- numerics
+
+
+@pytest.mark.parametrize("kind", ["fast_sigmoid", "atan", "sigmoid", "straight_through"])
+@pytest.mark.parametrize("model", ["leaky", "synaptic"])
+def test_gradients_stay_finite_for_membranes_of_any_size(kind, model):
+    """Currents of +-1e30 drive membranes to the edge of float32; every gradient stays finite."""
+    from snnrun.recurrence import run_sequence
+
+    current = torch.tensor([1e30, -1e30, 1.0, 0.0, 1e-3], dtype=torch.float32).repeat(6, 1).requires_grad_()
+    spikes, membrane = run_sequence(current, model, torch.tensor(0.9), 0.8, 1.0, "subtract", kind, 25.0)
+    (spikes.sum() + 0 * membrane.sum()).backward()
+    assert torch.isfinite(current.grad).all()
