@@ -19,8 +19,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from snnrun import __version__
 
@@ -77,19 +78,25 @@ class StagedRun:
         self.final = final
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write a file atomically: a reader sees the old content or the new, never a torn one (a failed write,
-    e.g. on a full disk, removes its temporary file and leaves the old content)."""
+def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write a file atomically: write(handle) fills a hidden temporary file in the same folder, which is flushed
+    to disk and renamed over path, so a reader (or a crash) sees the old content or the new, never a torn one.
+    A failed write (e.g. a full disk) removes the temporary file and leaves the old content."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with open(tmp, "wb") as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a UTF-8 text file atomically (`write_atomically`)."""
+    write_atomically(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def ensure_writable(folder: Path) -> None:

@@ -25,6 +25,7 @@ from snnrun.config import ConfigError, choice, field, integer, number, parse
 from snnrun.data import Split, load_mnist, validation_split
 from snnrun.distributed import Ranks
 from snnrun.network import Network, NetworkOutput, parse_model
+from snnrun.runs import write_atomically
 
 # --------------------------------------------------------------------------- config
 
@@ -233,16 +234,7 @@ def save_checkpoint(path: Path, state: dict) -> None:
     The state goes to a hidden temporary file in the same folder, is flushed to disk, and replaces the old file
     in one rename (then the folder entry is flushed too). A failed write (a full disk) removes the temporary
     file and leaves the old checkpoint as it was."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda handle: torch.save(state, handle))
     folder = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(folder)

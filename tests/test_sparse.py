@@ -22,6 +22,11 @@ def test_gather_equals_dense(scale, input_grad, bias):
     b = torch.randn(70, generator=g, dtype=torch.float64, requires_grad=True) if bias else None
     upstream = torch.randn(5, 6, 70, generator=g, dtype=torch.float64)
     assert uses_gather(x, 70)
+    assert_equals_dense(x, weight, b, upstream)
+
+
+def assert_equals_dense(x, weight, b, upstream):
+    """spike_linear equals F.linear, output and every gradient asked for."""
     inputs = [t for t in (x, weight, b) if t is not None and t.requires_grad]
     ours = spike_linear(x, weight, b)
     theirs = F.linear(x, weight, b)
@@ -68,13 +73,7 @@ def test_inputs_on_most_steps_are_gathered_where_they_change(scale, input_grad, 
     weight = torch.randn(70, 40, generator=g, dtype=torch.float64, requires_grad=True)
     b = torch.randn(70, generator=g, dtype=torch.float64, requires_grad=True) if bias else None
     upstream = torch.randn(12, 6, 70, generator=g, dtype=torch.float64)
-    inputs = [t for t in (x, weight, b) if t is not None and t.requires_grad]
-    ours = spike_linear(x, weight, b)
-    theirs = F.linear(x, weight, b)
-    torch.testing.assert_close(ours, theirs)
-    for a, c in zip(torch.autograd.grad(ours, inputs, upstream), torch.autograd.grad(theirs, inputs, upstream),
-                    strict=True):
-        torch.testing.assert_close(a, c)
+    assert_equals_dense(x, weight, b, upstream)
 
 
 def test_no_reference_for_sparse_inputs():
