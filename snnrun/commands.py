@@ -270,18 +270,14 @@ def _plot_training(cfg: TrainConfig, folder: Path, history: list[dict], device) 
                           f"{cfg.encoding.kind} input, {cfg.encoding.time_steps} steps")
     run = locate(folder)
     model = load_network(run, device)
-    model.eval()
     _, _, test = load_splits(cfg, device)
-    image, label = test.images[:1], int(test.labels[0])
-    generator = torch.Generator(device=device).manual_seed(cfg.train.seed + 1)
-    with torch.no_grad():
-        out = model(encode(image, cfg, generator), record=True)
+    image, label, out = _first_digit(model, cfg, test)
     layers = [spikes[:, 0].cpu().numpy() for spikes in out.recorded]
     names = ["input current" if cfg.encoding.kind == "direct" else "input"]
     names += [f"hidden {i + 1}" for i in range(len(cfg.model.hidden))]
     names += ["output"] if out.spikes is not None else []
     predicted = int(out.logits.argmax(dim=1))
-    plots.network_raster(layers, names, image[0].cpu().numpy(), label, predicted, folder / "raster.png")
+    plots.network_raster(layers, names, image, label, predicted, folder / "raster.png")
     if out.membrane is not None:
         plots.output_membrane(out.membrane[:, 0].cpu().numpy(), cfg.model.output.threshold, label,
                               folder / "membrane.png")
@@ -289,10 +285,33 @@ def _plot_training(cfg: TrainConfig, folder: Path, history: list[dict], device) 
     else:  # mean_current readout: no output spikes; show the readout's logits instead
         plots.spike_counts(out.logits[0].cpu().numpy(), label, folder / "spike_counts.png",
                            "readout (mean current) per class")
+    _animate_counts(model, image, label, out, folder / "spike_counts.gif")
+
+
+def _first_digit(model, cfg: TrainConfig, data) -> tuple[np.ndarray, int, object]:
+    """The network's recorded output for the first image of a split: (image, label, NetworkOutput)."""
+    model.eval()
+    generator = torch.Generator(device=data.images.device).manual_seed(cfg.train.seed + 1)
+    with torch.no_grad():
+        out = model(encode(data.images[:1], cfg, generator), record=True)
+    return data.images[0].cpu().numpy(), int(data.labels[0]), out
+
+
+def _animate_counts(model, image: np.ndarray, label: int, out, path: Path) -> None:
+    """spike_counts.gif: the output's cumulative spikes per class over the steps (for a mean-current readout,
+    the readout of each step divided by the steps, summed so far: it ends at the logits)."""
+    if out.spikes is not None:
+        per_step, title = out.spikes[:, 0], "output spikes so far"
+    else:
+        with torch.no_grad():
+            hidden = out.recorded[-1][:, 0].float()
+            per_step, title = model.readout(hidden) / hidden.shape[0], "readout (mean current) so far"
+    plots.spike_count_animation(per_step.cpu().numpy(), image, label, path, title)
 
 
 def run_evaluation(path: Path, split: str = "test", device: str | None = None) -> tuple[Path, dict]:
-    """Score a run folder or checkpoint; write eval/<timestamp>_<split>/eval.json and confusion.png inside it."""
+    """Score a run folder or checkpoint; write eval/<timestamp>_<split>/eval.json, confusion.png and
+    spike_counts.gif (the first digit of the split) inside it."""
     if split not in ("test", "val"):
         raise ConfigError(f"{split!r} is not allowed; expected test or val", source="--split")
     run = locate(path)
@@ -303,4 +322,8 @@ def run_evaluation(path: Path, split: str = "test", device: str | None = None) -
     write_json(folder / "eval.json", report)
     plots.confusion(np.asarray(report["confusion"]), folder / "confusion.png",
                     f"{run.folder.name}: {split} accuracy {100 * report['accuracy']:.2f} %")
+    model = load_network(run, torch_device)
+    _, val_set, test_set = load_splits(run.config, torch_device)
+    image, label, out = _first_digit(model, run.config, test_set if split == "test" else val_set)
+    _animate_counts(model, image, label, out, folder / "spike_counts.gif")
     return folder, report

@@ -180,6 +180,45 @@ def spike_counts(counts: np.ndarray, label: int, path: Path, title: str = "outpu
     return _save(fig, path)
 
 
+def spike_count_animation(spikes: np.ndarray, image: np.ndarray, label: int, path: Path,
+                          title: str = "output spikes so far", seconds: float = 3.0) -> Path:
+    """An animated GIF of one digit's cumulative output spike count per class growing step by step (the
+    snnTorch tutorial's `spike_count` video), with the digit beside it. spikes: (time, classes) of 0/1 (or, for a
+    readout without output neurons, its per-step values). About `seconds` long, the last frame held two seconds
+    more; Pillow writes it, so no ffmpeg is needed."""
+    from matplotlib.animation import FuncAnimation, PillowWriter
+
+    counts = np.cumsum(np.asarray(spikes, dtype=float), axis=0)
+    steps, classes = counts.shape
+    fps = int(np.clip(round(steps / seconds), 2, 25))
+    fig, (ax_img, ax) = plt.subplots(1, 2, figsize=(8, 3.8), gridspec_kw={"width_ratios": [1, 2.2]})
+    ax_img.imshow(np.asarray(image).reshape(28, 28), cmap="gray_r")
+    ax_img.set_title(f"input digit (label {label})")
+    ax_img.axis("off")
+    colors = ["tab:green" if k == label else "tab:gray" for k in range(classes)]
+    bars = ax.bar(range(classes), np.zeros(classes), color=colors)
+    ax.set_ylim(min(0.0, float(counts.min()) * 1.1), max(float(counts.max()), 1.0) * 1.1)
+    ax.set_xticks(range(classes))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("class (label in green)")
+    ax.set_ylabel("spikes so far" if title.startswith("output spikes") else "readout so far")
+    ax.grid(alpha=0.3, axis="y")
+    heading = fig.suptitle(f"{title}: step {steps}/{steps}, leading class 0")  # widest text, for the layout
+    fig.tight_layout()
+
+    def draw(t: int):
+        for bar, height in zip(bars, counts[t], strict=True):
+            bar.set_height(height)
+        lead = "none yet" if not counts[t].any() else str(int(np.argmax(counts[t])))
+        heading.set_text(f"{title}: step {t + 1}/{steps}, leading class {lead}")
+        return [*bars, heading]
+
+    frames = [*range(steps), *[steps - 1] * (2 * fps)]  # identical frames merge into one long one in the GIF
+    FuncAnimation(fig, draw, frames=frames).save(path, writer=PillowWriter(fps=fps), dpi=80)
+    plt.close(fig)
+    return path
+
+
 def confusion(matrix: np.ndarray, path: Path, title: str = "") -> Path:
     """Confusion matrix: rows the true class, columns the predicted one, counts in the cells."""
     fig, ax = plt.subplots(figsize=(7, 6))

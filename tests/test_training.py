@@ -41,7 +41,8 @@ def test_smoke_config_trains_and_eval_reproduces_its_test_accuracy(in_tmp):
     assert result.exit_code == 0, result.output
     folder = Path(result.output.strip().splitlines()[-1])
     for name in ("config.yaml", "env.json", "metrics.jsonl", "metrics.csv", "summary.json", "curves.png",
-                 "raster.png", "membrane.png", "spike_counts.png", "checkpoints/last.pt", "checkpoints/best.pt"):
+                 "raster.png", "membrane.png", "spike_counts.png", "spike_counts.gif", "checkpoints/last.pt",
+                 "checkpoints/best.pt"):
         assert (folder / name).is_file(), name
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["test_accuracy"] > 0.8  # 1 epoch on 3,000 images: far above chance (0.1)
@@ -50,7 +51,9 @@ def test_smoke_config_trains_and_eval_reproduces_its_test_accuracy(in_tmp):
 
     result = runner.invoke(app, ["eval", str(folder)])
     assert result.exit_code == 0, result.output
-    report = json.loads((Path(result.output.strip().splitlines()[-1]) / "eval.json").read_text())
+    evaluation = Path(result.output.strip().splitlines()[-1])
+    report = json.loads((evaluation / "eval.json").read_text())
+    assert (evaluation / "confusion.png").is_file() and (evaluation / "spike_counts.gif").is_file()
     assert report["accuracy"] == summary["test_accuracy"]  # exactly the run's own score
     assert np.asarray(report["confusion"]).sum() == 1000 and len(report["per_class_accuracy"]) == 10
     assert report["synaptic_operations_per_inference"]["hidden_synops"] > 0
@@ -281,3 +284,27 @@ def test_rate_spikes_follow_the_pixel_probability():
     torch.testing.assert_close(rates, p, atol=3e-3, rtol=0)  # 200,000 draws each: sd < 1.2e-3
     again = rate_spikes(p.expand(4000, -1).contiguous(), 50, torch.Generator().manual_seed(0))
     assert torch.equal(spikes, again)  # seeded
+
+
+def test_spike_count_animation_has_a_frame_per_step_and_holds_the_last(tmp_path):
+    from PIL import Image
+
+    from snnrun.plots import spike_count_animation
+
+    spikes = np.zeros((12, 10))
+    spikes[::2, 3] = 1  # class 3 fires every other step: 6 spikes in all
+    spikes[5, 8] = 1
+    path = spike_count_animation(spikes, np.zeros((28, 28), dtype=np.uint8), 3, tmp_path / "counts.gif")
+    with Image.open(path) as gif:
+        assert gif.n_frames == 12  # the title names the step, so no two steps' frames are the same
+        durations = []
+        for frame in range(gif.n_frames):
+            gif.seek(frame)
+            durations.append(gif.info["duration"])
+        frames = []
+        for frame in (0, 11):
+            gif.seek(frame)
+            frames.append(np.asarray(gif.convert("RGB")).astype(int))
+    assert durations[-1] >= durations[0] + 2000  # the answer stays on screen two seconds longer
+    first, last = ((f[..., 1] > 120) & (f[..., 0] < 80) & (f[..., 2] < 80) for f in frames)  # the label's green bar
+    assert 0 < 4 * first.sum() < last.sum()  # 1 spike at step 1, 6 at the end
