@@ -37,6 +37,9 @@ app = typer.Typer(
 
 SetOption = Annotated[list[str] | None, typer.Option(
     "--set", metavar="KEY=VALUE", help="Override a config key (dotted, value parsed as YAML); repeatable.")]
+IntoOption = Annotated[Path | None, typer.Option(
+    "--into", metavar="RUN_DIR", help="Write the run into exactly this new (or empty) folder instead of a "
+    "timestamped one under --out (how sweep places its members).")]
 DeviceOption = Annotated[str | None, typer.Option(
     "--device", metavar="DEVICE", help="auto | cpu | cuda | cuda:N | mps (overrides the config's device).")]
 
@@ -96,6 +99,7 @@ def simulate(
         help="Stimulus kind with its defaults: step | pulse | piecewise | ramp | sine | poisson | none.")] = None,
     set_: SetOption = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Parent folder of run folders.")] = Path("outputs/simulate"),
+    into: IntoOption = None,
     device: DeviceOption = None,
 ) -> None:
     """Drive LIF neurons with an input current; plot current, membrane and spikes; write metrics."""
@@ -104,7 +108,7 @@ def simulate(
     cfg = load_simulation_config(config, set_ or [], current, device)
     with progress_bar("simulate") as bar:
         task = bar.add_task("simulate", total=cfg.time_steps)
-        run = run_simulation(cfg, out_dir, lambda n: bar.advance(task, n))
+        run = run_simulation(cfg, out_dir, lambda n: bar.advance(task, n), into)
     out.print(_simulation_table(run))
     print(run.folder, flush=True)
 
@@ -144,6 +148,7 @@ def train(
     config: Annotated[Path | None, typer.Argument(help="YAML config (not needed with --resume).")] = None,
     set_: SetOption = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Parent folder of run folders.")] = Path("outputs/train"),
+    into: IntoOption = None,
     device: DeviceOption = None,
     resume: Annotated[Path | None, typer.Option("--resume", metavar="RUN_DIR",
                                                 help="Continue an interrupted run in its own folder.")] = None,
@@ -167,7 +172,8 @@ def train(
                               "process per GPU (or use --device cpu)", source="--nproc")
         args = ["train", *([str(config)] if config else []), "--out", str(out_dir),
                 *[a for item in set_ or [] for a in ("--set", item)], *(["--device", device] if device else []),
-                *(["--resume", str(resume)] if resume else []), *(["--force"] if force else [])]
+                *(["--resume", str(resume)] if resume else []), *(["--force"] if force else []),
+                *(["--into", str(into)] if into else [])]
         raise typer.Exit(_launch(nproc, args))
     stop = StopFlag(abort_on_second=not ranks.active)  # under torchrun the launcher repeats the signal
     folder_box: list[Path] = []
@@ -193,7 +199,8 @@ def train(
 
         callbacks = Callbacks(epoch_started, batch_done, epoch_done, stop.is_set)
         try:
-            run = run_training(cfg, out_dir, callbacks, resume_dir, on_folder=folder_box.append, ranks=ranks)
+            run = run_training(cfg, out_dir, callbacks, resume_dir, on_folder=folder_box.append, ranks=ranks,
+                               into=into)
         except TrainingInterrupted as why:
             bar.stop()
             if ranks.main:
@@ -315,6 +322,104 @@ def evaluate(
         table.add_row(name.replace("_", " "), f"{value:,.0f}")
     out.print(table)
     print(folder, flush=True)
+
+
+@app.command(epilog="Examples:\n\n"
+             "  snnrun sweep configs/sweep_time_steps.yaml           # its sweep: section holds the grid\n\n"
+             "  snnrun sweep configs/smoke.yaml --grid encoding.time_steps=[4,8,16] --grid model.hidden=[[64],[256]]"
+             "\n\n"
+             "  snnrun sweep configs/smoke.yaml --random 8 --grid train.lr=1e-4:1e-2:log --parallel 2\n\n"
+             "  snnrun sweep --resume outputs/sweep/2026-01-01_12-00-00_smoke")
+@user_errors
+def sweep(
+    config: Annotated[Path | None, typer.Argument(help="A train or simulate config, optionally with a sweep: "
+                                                  "section (not needed with --resume).")] = None,
+    grid: Annotated[list[str] | None, typer.Option(
+        "--grid", metavar="KEY=VALUES", help="A swept key: KEY=\\[v1,v2,...] (YAML values), or KEY=LOW:HIGH[:log] "
+        "with --random; repeatable, every combination runs.")] = None,
+    random_: Annotated[int | None, typer.Option("--random", metavar="N", min=1,
+                                                help="Draw N members at random from the values and ranges.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of the random draws (default 0).")] = None,
+    command: Annotated[str | None, typer.Option("--command", help="train | simulate (default: from the config).")]
+    = None,
+    metric: Annotated[str | None, typer.Option("--metric", help="Metric to rank by (default test_accuracy for "
+                                               "train, mean_firing_rate for simulate).")] = None,
+    goal: Annotated[str | None, typer.Option("--goal", help="max | min: which end of the metric is best.")] = None,
+    parallel: Annotated[int | None, typer.Option("--parallel", metavar="K", min=1, help="Members run at once "
+                                                 "(cores/K threads each; one per GPU on CUDA).")] = None,
+    set_: SetOption = None,
+    device: DeviceOption = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Parent folder of sweep folders.")] = Path("outputs/sweep"),
+    resume: Annotated[Path | None, typer.Option("--resume", metavar="SWEEP_DIR", help="Continue a stopped sweep: "
+                                                "finished members are kept, an interrupted one resumes.")] = None,
+) -> None:
+    """Run a config over a grid (or random draws) of values, each member its own run; rank them, plot the metric."""
+    from snnrun.commands import plan_sweep, run_sweep
+    from snnrun.sweep import load_plan
+
+    if resume is not None:
+        if config is not None or grid or random_ or set_ or command or device:
+            raise ConfigError("--resume continues the sweep as planned; give only --parallel with it",
+                              source="snnrun sweep")
+        plan, base, name = load_plan(resume), None, resume.name
+    elif config is None:
+        raise ConfigError("give a config file (e.g. configs/sweep_time_steps.yaml) or --resume SWEEP_DIR",
+                          source="snnrun sweep")
+    else:
+        base, plan = plan_sweep(config, grid or [], set_ or [], device, random_, seed, command, metric, goal,
+                                parallel)
+        name = str(base.get("name") or config.stem)
+    stop = StopFlag(abort_on_second=False)
+    with stop.installed(), progress_bar("sweep") as bar:
+        task = bar.add_task("sweep", total=len(plan.members))
+
+        def started(member) -> None:
+            bar.console.print(f"[dim]start {member.name}[/dim]", highlight=False)
+
+        def done(outcome) -> None:
+            bar.advance(task)
+            mark = {"done": "[green]done[/green]", "skipped": "[dim]done before[/dim]",
+                    "interrupted": "[yellow]interrupted[/yellow]"}.get(outcome.status,
+                                                                       f"[red]{outcome.status}[/red]")
+            took = f" in {outcome.seconds:.1f} s" if outcome.status != "skipped" else ""
+            bar.console.print(f"{mark} {outcome.member.name}{took}", highlight=False)
+
+        run = run_sweep(base, plan, out_dir, name, resume, parallel, started, done, stop.is_set)
+    out.print(_sweep_table(run))
+    failed = [o for o in run.outcomes if o.status in ("failed", "error")]
+    for outcome in failed:
+        err.print(f"[bold red]error:[/bold red] member {outcome.member.name} exited with {outcome.exit_code}; "
+                  f"see {run.folder / 'logs' / f'{outcome.member.index:03d}.log'}", soft_wrap=True)
+    if run.stopped:
+        err.print(f"[yellow]sweep stopped.[/yellow] Continue with:\n  snnrun sweep --resume {run.folder}")
+    print(run.folder, flush=True)
+    if run.stopped:
+        raise typer.Exit(stop.exit_code)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _sweep_table(run) -> Table:
+    from snnrun import sweep as sweeps
+
+    plan = run.plan
+    table = Table(title=f"{run.folder.name}: {len(plan.members)} members, by {plan.metric} ({plan.goal} first)")
+    table.add_column("rank", justify="right")
+    table.add_column("member")
+    short = sweeps.short_names(plan.keys)
+    for key in plan.keys:
+        table.add_column(short[key], justify="right")
+    extra = "train_seconds" if plan.command == "train" else "simulation_seconds"
+    for column in (plan.metric, extra):
+        table.add_column(column.replace("_", " "), justify="right")
+    for rank, row in enumerate(run.rows, 1):
+        if row["status"] != "done":
+            cells = [row["status"], ""]
+        else:
+            cells = [_fmt(row.get(plan.metric)), _fmt(row.get(extra))]
+        table.add_row(str(rank) if row["status"] == "done" else "–", row["member"][:3],
+                      *[str(row[key]) for key in plan.keys], *cells)
+    return table
 
 
 @app.command(epilog="Example:\n\n  snnrun data --root data")

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from snnrun import distributed, plots
+from snnrun import sweep as sweeps
 from snnrun.config import ConfigError, apply_overrides, dump_yaml, load_yaml, to_dict
 from snnrun.data import load_mnist
 from snnrun.devices import resolve_device
@@ -91,12 +92,15 @@ def blame_overrides(overrides: list[str], device: str | None) -> Iterator[None]:
         raise ConfigError(error.detail, source=source, key=error.key, related=error.related) from None
 
 
-def run_simulation(cfg: SimulationConfig, out: Path, progress: Callable[[int], None] | None = None) -> SimulationRun:
-    """Simulate, then write the run folder: config, environment, traces, metrics and plots."""
+def run_simulation(cfg: SimulationConfig, out: Path, progress: Callable[[int], None] | None = None,
+                   into: Path | None = None) -> SimulationRun:
+    """Simulate, then write the run folder (a new one under `out`, or exactly `into`): config, environment,
+    traces, metrics and plots."""
     device = resolve_device(cfg.device)
-    ensure_writable(out)
+    ensure_writable(out if into is None else into)
+    _check_empty(into)
     result = simulate(cfg, device, progress)
-    with StagedRun(out, cfg.name) as run:
+    with StagedRun(out, cfg.name, into) as run:
         folder = run.path
         write_text(folder / "config.yaml", dump_yaml(to_dict(cfg)))
         write_json(folder / "env.json", environment(str(device)))
@@ -190,29 +194,37 @@ def config_changes(before: dict, after: dict, prefix: str = "") -> list[str]:
 
 def run_training(cfg: TrainConfig, out: Path, callbacks: Callbacks, resume: Path | None = None,
                  on_folder: Callable[[Path], None] | None = None,
-                 ranks: distributed.Ranks = distributed.SINGLE) -> TrainingRun | None:
-    """Train into a new run folder under `out` (or continue `resume`), then write metrics, summary and plots.
+                 ranks: distributed.Ranks = distributed.SINGLE, into: Path | None = None) -> TrainingRun | None:
+    """Train into a new run folder under `out` (or exactly `into`, or continue `resume`), then write metrics,
+    summary and plots.
 
     Under torchrun (`ranks.active`) every rank trains its share; rank 0 alone writes the folder and returns
     the run, the others return None."""
     device = resolve_device(cfg.device)
-    ensure_writable(out if resume is None else resume / "checkpoints")
+    ensure_writable(resume / "checkpoints" if resume is not None else into if into is not None else out)
+    _check_empty(into)
     load_mnist(cfg.data.root, cfg.data.download)  # no data: a clear error before any folder exists
     if ranks.active:
         device = distributed.start(ranks, device)
         try:
-            return _train_in_folder(cfg, out, callbacks, resume, on_folder, device, ranks)
+            return _train_in_folder(cfg, out, callbacks, resume, on_folder, device, ranks, into)
         finally:
             distributed.finish()
-    return _train_in_folder(cfg, out, callbacks, resume, on_folder, device, ranks)
+    return _train_in_folder(cfg, out, callbacks, resume, on_folder, device, ranks, into)
 
 
-def _train_in_folder(cfg, out, callbacks, resume, on_folder, device, ranks) -> TrainingRun | None:
+def _check_empty(into: Path | None) -> None:
+    if into is not None and into.is_dir() and any(into.iterdir()):
+        raise ConfigError("the folder is not empty; a run is never written over another (give a new folder)",
+                          source=str(into))
+
+
+def _train_in_folder(cfg, out, callbacks, resume, on_folder, device, ranks, into) -> TrainingRun | None:
     if not ranks.main:
         train(cfg, resume, device, callbacks, resume=resume is not None, ranks=ranks)
         return None
     if resume is None:
-        folder = claim_run_dir(out, cfg.name)
+        folder = claim_run_dir(out, cfg.name, into=into)
         write_text(folder / "config.yaml", dump_yaml(config_to_dict(cfg)))
         write_json(folder / "env.json", environment(str(device)))
     else:
@@ -327,3 +339,72 @@ def run_evaluation(path: Path, split: str = "test", device: str | None = None) -
     image, label, out = _first_digit(model, run.config, test_set if split == "test" else val_set)
     _animate_counts(model, image, label, out, folder / "spike_counts.gif")
     return folder, report
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+@dataclass
+class SweepRun:
+    folder: Path
+    plan: sweeps.Plan
+    outcomes: list[sweeps.Outcome]
+    rows: list[dict]  # best first by the plan's metric
+    stopped: bool
+
+
+def plan_sweep(path: Path, grid: list[str], overrides: list[str], device: str | None = None,
+               samples: int | None = None, seed: int | None = None, command: str | None = None,
+               metric: str | None = None, goal: str | None = None,
+               parallel: int | None = None) -> tuple[dict, sweeps.Plan]:
+    """The base config (the file without its sweep section, --set applied) and the plan; every member's config
+    is checked now, so a bad value fails before anything runs."""
+    config, plan = sweeps.make_plan(path, grid, samples, seed, command, metric, goal, parallel)
+    config = apply_overrides(config, overrides)
+    plan.device = device
+    parse_config = parse_train if plan.command == "train" else parse_simulation
+    for member in plan.members:
+        data = apply_overrides(config, member.overrides)
+        if device is not None:
+            data["device"] = device
+        try:
+            with blame_overrides(overrides, device):
+                cfg = parse_config(data, str(path))
+        except ConfigError as error:
+            keys = {error.key, *error.related}
+            at_fault = next((k for k in plan.keys for key in keys if key and (key == k or key.startswith(k + "."))),
+                            None)
+            if at_fault is None:
+                raise
+            raise ConfigError(f"{error.detail} (sweep member {member.name})", source=f"{path} (sweep grid)",
+                              key=error.key) from None
+    resolve_device(cfg.device, source="--device" if device else str(path))
+    return config, plan
+
+
+def run_sweep(config: dict | None, plan: sweeps.Plan, out: Path, name: str, resume: Path | None = None,
+              parallel: int | None = None, on_start=None, on_done=None,
+              should_stop: Callable[[], bool] = lambda: False) -> SweepRun:
+    """Run a planned sweep into a new folder under `out` (or continue the sweep folder `resume`), then write
+    sweep.csv and sweep.png."""
+    if resume is None:
+        ensure_writable(out)
+        folder = claim_run_dir(out, name)
+        sweeps.save_plan(folder, config, plan)
+    else:
+        folder = resume
+        ensure_writable(folder)
+    gpus = 0
+    base = parse_train if plan.command == "train" else parse_simulation
+    device = resolve_device(plan.device or base(load_yaml(folder / "base.yaml"), "base.yaml").device)
+    if device.type == "cuda":
+        gpus = torch.cuda.device_count()
+    outcomes = sweeps.run_members(folder, plan, parallel or plan.parallel, gpus, on_start, on_done, should_stop)
+    rows = sweeps.collect(folder, plan, outcomes)
+    sweeps.write_csv(folder / "sweep.csv", rows)
+    if any(row["status"] == "done" for row in rows):
+        sweeps.check_metric(rows, plan.metric)
+        plots.sweep(rows, plan.keys, plan.metric, folder / "sweep.png", folder.name,
+                    sweeps.metric_label(folder, plan, rows), heat_map=plan.random is None)
+    stopped = should_stop() or any(o.status == "interrupted" for o in outcomes)
+    return SweepRun(folder, plan, outcomes, sweeps.ranked(rows, plan.metric, plan.goal), stopped)

@@ -235,3 +235,56 @@ def confusion(matrix: np.ndarray, path: Path, title: str = "") -> Path:
     ax.set_title(title or "confusion matrix")
     fig.colorbar(image, ax=ax, label="log(1 + count)")
     return _save(fig, path)
+
+
+def sweep(rows: list[dict], keys: list[str], metric: str, path: Path, title: str = "", label: str = "",
+          heat_map: bool = True) -> Path:
+    """A sweep's metric against each swept key: one panel per key (a line through the mean at each value, every
+    member a dot), or, for a grid over two keys, a heat map of the metric with each cell's value written in it."""
+    done = [r for r in rows if isinstance(r.get(metric), (int, float))]
+    label = label or metric.replace("_", " ")
+    if heat_map and len(keys) == 2 and done:
+        ys, xs = (_ordered({r[k] for r in done}) for k in keys)
+        grid = np.full((len(ys), len(xs)), np.nan)
+        for r in done:
+            grid[ys.index(r[keys[0]]), xs.index(r[keys[1]])] = r[metric]
+        fig, ax = plt.subplots(figsize=(1.3 * len(xs) + 3, 0.8 * len(ys) + 2))
+        image = ax.imshow(grid, cmap="viridis", aspect="auto", origin="lower")
+        ax.set_xticks(range(len(xs)), [str(x) for x in xs])
+        ax.set_yticks(range(len(ys)), [str(y) for y in ys])
+        ax.set_xlabel(keys[1])
+        ax.set_ylabel(keys[0])
+        finite = grid[np.isfinite(grid)]
+        middle = (finite.min() + finite.max()) / 2 if finite.size else 0
+        for (i, j), value in np.ndenumerate(grid):
+            if np.isfinite(value):
+                ax.text(j, i, f"{value:.4g}", ha="center", va="center", fontsize=9,
+                        color="white" if value < middle else "black")
+        fig.colorbar(image, ax=ax, label=label)
+        ax.set_title(title)
+        return _save(fig, path)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.8), squeeze=False, sharey=True)
+    for ax, key in zip(axes[0], keys, strict=True):
+        values = _ordered({r[key] for r in done})
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        position = (lambda v: v) if numeric else values.index
+        ax.scatter([position(r[key]) for r in done], [r[metric] for r in done], s=18, alpha=0.6, color="tab:blue")
+        means = [np.mean([r[metric] for r in done if r[key] == v]) for v in values]
+        ax.plot([position(v) for v in values], means, "-o", color="tab:blue", markersize=4)
+        if numeric and len(values) > 2 and min(values) > 0 and max(values) / min(values) >= 20:
+            ax.set_xscale("log")
+        if not numeric:
+            ax.set_xticks(range(len(values)), [str(v) for v in values])
+        ax.set_xlabel(key)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(label)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _ordered(values: set) -> list:
+    try:
+        return sorted(values)
+    except TypeError:
+        return sorted(values, key=str)

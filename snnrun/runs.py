@@ -33,8 +33,15 @@ def folder_name(name: str, now: _dt.datetime | None = None) -> str:
     return f"{now:%Y-%m-%d_%H-%M-%S}_{safe}"
 
 
-def claim_run_dir(parent: Path, name: str, now: _dt.datetime | None = None) -> Path:
-    """Create and return a new, empty run folder; a clash in the same second gets a suffix."""
+def claim_run_dir(parent: Path, name: str, now: _dt.datetime | None = None, into: Path | None = None) -> Path:
+    """Create and return a new, empty run folder; a clash in the same second gets a suffix. With `into`, that
+    exact folder (a sweep member), which must not hold anything yet."""
+    if into is not None:
+        into.mkdir(parents=True, exist_ok=True)
+        if any(into.iterdir()):
+            raise FileExistsError(errno.EEXIST, "the folder is not empty; a run is never written over another",
+                                  str(into))
+        return into
     parent.mkdir(parents=True, exist_ok=True)
     base = folder_name(name, now)
     for attempt in range(1, 10_000):
@@ -53,10 +60,14 @@ class StagedRun:
     with StagedRun(parent, name) as run:
         ...write into run.path...
     run.final  # the run folder; on any error the staging folder is removed instead
+
+    With `into`, the run goes into that exact folder (which must be empty or missing) instead of a new one.
     """
 
-    def __init__(self, parent: Path, name: str):
-        self.parent, self.name = Path(parent), name
+    def __init__(self, parent: Path, name: str, into: Path | None = None):
+        self.parent, self.name, self.into = Path(parent), name, into
+        if into is not None:
+            self.parent = Path(into).parent
         self.final: Path | None = None
 
     def __enter__(self) -> StagedRun:
@@ -68,7 +79,7 @@ class StagedRun:
         if exc_type is not None:
             shutil.rmtree(self.path, ignore_errors=True)
             return
-        final = claim_run_dir(self.parent, self.name)
+        final = claim_run_dir(self.parent, self.name, into=self.into)
         try:
             os.replace(self.path, final)  # replaces the empty claimed folder
         except OSError:
