@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -58,6 +59,11 @@ def main_callback(
     """Experiment runner for spiking neural networks of leaky integrate-and-fire neurons."""
 
 
+def _error(message: str) -> None:
+    """One line on stderr; the message is shown as written (a value like [64] is not rich markup)."""
+    err.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
+
+
 def user_errors(command):
     """Turn problems a user can fix into one line on stderr and exit code 2 (no traceback)."""
 
@@ -66,14 +72,14 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except ConfigError as error:
-            err.print(f"[bold red]error:[/bold red] {error}", highlight=False, soft_wrap=True)
+            _error(str(error))
             raise typer.Exit(2) from None
         except OSError as error:
             where = f": {error.filename}" if getattr(error, "filename", None) else ""
-            err.print(f"[bold red]error:[/bold red] {error.strerror or error}{where}", highlight=False, soft_wrap=True)
+            _error(f"{error.strerror or error}{where}")
             raise typer.Exit(2) from None
         except DataError as error:
-            err.print(f"[bold red]error:[/bold red] {error}", highlight=False, soft_wrap=True)
+            _error(str(error))
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/yellow]")
@@ -211,7 +217,7 @@ def train(
         except TrainingDiverged as why:
             bar.stop()
             if ranks.main:
-                err.print(f"[bold red]error:[/bold red] {why}", soft_wrap=True)
+                _error(str(why))
                 print(folder_box[0], flush=True)
             raise typer.Exit(1) from None
     if run is None:  # ranks other than 0 stay quiet

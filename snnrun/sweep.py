@@ -110,8 +110,7 @@ def parse_axis(text: str, source: str = "--grid") -> Axis:
                           "(e.g. --grid encoding.time_steps=[4,8,16])", source=source)
     match = _RANGE.match(value)
     if match:
-        return make_axis(key, {"low": yaml.safe_load(match[1]), "high": yaml.safe_load(match[2]),
-                               "log": bool(match[3])}, source)
+        return make_axis(key, {"low": match[1], "high": match[2], "log": bool(match[3])}, source)
     try:
         parsed = yaml.safe_load(value)
     except yaml.YAMLError:
@@ -127,7 +126,7 @@ def make_axis(key: str, spec, source: str | None) -> Axis:
             raise ConfigError("an empty list of values; give at least one", source=source, key=where)
         return Axis(key, values=spec)
     if isinstance(spec, dict) and set(spec) <= {"low", "high", "log"} and {"low", "high"} <= set(spec):
-        low, high, log = spec["low"], spec["high"], spec.get("log", False)
+        low, high, log = _number(spec["low"]), _number(spec["high"]), spec.get("log", False)
         numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high))
         if not numbers or not low < high or not isinstance(log, bool) or (log and low <= 0):
             raise ConfigError(f"{spec!r} is not allowed; a range needs numbers low < high (both > 0 with log: true)",
@@ -135,6 +134,14 @@ def make_axis(key: str, spec, source: str | None) -> Axis:
         return Axis(key, low=low, high=high, log=log)
     raise ConfigError(f"{spec!r} is not allowed; expected a list of values [v1, v2, ...] or a range "
                       "{low, high, log} (LOW:HIGH[:log] on the command line)", source=source, key=where)
+
+
+def _number(value):
+    """An int or float, also from text such as 1e-4 (which YAML 1.1 reads as a string)."""
+    if isinstance(value, str) and re.fullmatch(_NUMBER, value.strip()):
+        text = value.strip()
+        return int(text) if re.fullmatch(r"[-+]?\d+", text) else float(text)
+    return value
 
 
 def expand(axes: list[Axis], samples: int | None = None, seed: int = 0) -> list[Member]:
