@@ -164,3 +164,12 @@ def test_into_writes_that_exact_folder_and_never_over_another_run(tmp_path):
     again = runner.invoke(app, ["simulate", str(tmp_path / "tiny.yaml"), "--into", str(target)])
     assert again.exit_code == 2 and "not empty" in again.output
     assert (target / "metrics.json").stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize("name", ["sweep_time_steps.yaml", "sweep_fi.yaml"])
+def test_shipped_sweep_configs_plan_valid_members(name):
+    from snnrun.commands import plan_sweep
+
+    _, plan = plan_sweep(ROOT / "configs" / name, [], [], device="cpu")
+    assert len(plan.members) == {"sweep_time_steps.yaml": 8, "sweep_fi.yaml": 16}[name]
+    assert plan.command == {"sweep_time_steps.yaml": "train", "sweep_fi.yaml": "simulate"}[name]
