@@ -428,6 +428,50 @@ def _sweep_table(run) -> Table:
     return table
 
 
+@app.command(name="export", epilog="Examples:\n\n"
+             "  snnrun export outputs/train/2026-01-01_12-00-00_mnist              # writes RUN/model.nir\n\n"
+             "  snnrun export outputs/train/2026-01-01_12-00-00_mnist -o mnist.nir --dt 1e-3")
+@user_errors
+def export(
+    run: Annotated[Path, typer.Argument(help="Run folder (uses checkpoints/best.pt) or a checkpoint file.")],
+    format_: Annotated[str, typer.Option("--format", help="nir (the only format so far)")] = "nir",
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="File to write (default RUN/model.nir).")]
+    = None,
+    dt: Annotated[float, typer.Option("--dt", help="Seconds per step: tau = dt/(1-beta) (default 1e-4, the step "
+                                      "snnTorch's NIR import assumes).")] = 1e-4,
+) -> None:
+    """Write a trained network as a NIR graph, for neuromorphic hardware and other simulators."""
+    from snnrun.commands import run_export
+
+    if format_ != "nir":
+        raise ConfigError(f"{format_!r} is not allowed; expected nir", source="--format")
+    path, graph = run_export(run, output, dt)
+    kinds = " -> ".join(type(node).__name__ for node in graph.nodes.values())
+    err.print(f"NIR graph ({kinds}), dt {dt:g} s", highlight=False, soft_wrap=True)
+    print(path, flush=True)
+
+
+@app.command(name="import", epilog="Examples:\n\n"
+             "  snnrun import model.nir                       # a run folder under outputs/import/\n\n"
+             "  snnrun import model.nir --set encoding.time_steps=25 && snnrun eval outputs/import/...")
+@user_errors
+def import_(
+    graph: Annotated[Path, typer.Argument(help="A .nir file (Affine/Linear and LIF/CubaLIF/LI nodes in a chain).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Parent folder of run folders.")] = Path("outputs/import"),
+    into: IntoOption = None,
+    set_: SetOption = None,
+    dt: Annotated[float | None, typer.Option("--dt", help="Seconds per step (default: the graph's metadata, "
+                                             "else 1e-4).")] = None,
+) -> None:
+    """Build a run folder from a NIR graph, so that `snnrun eval` scores it."""
+    from snnrun.commands import run_import
+
+    folder = run_import(graph, out_dir, set_ or [], dt, into)
+    err.print(f"imported {graph} -> {folder} (score it with: snnrun eval {folder})", highlight=False,
+              soft_wrap=True)
+    print(folder, flush=True)
+
+
 @app.command(epilog="Example:\n\n  snnrun data --root data")
 @user_errors
 def data(root: Annotated[Path, typer.Option("--root", help="Folder to hold MNIST/raw/*-ubyte.")] = Path("data"),

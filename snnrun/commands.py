@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from snnrun import distributed, plots
+from snnrun import distributed, nir_graph, plots
 from snnrun import sweep as sweeps
 from snnrun.config import ConfigError, apply_overrides, dump_yaml, load_yaml, to_dict
 from snnrun.data import load_mnist
 from snnrun.devices import resolve_device
 from snnrun.evaluation import evaluate_run, load_network, locate
+from snnrun.network import Network
 from snnrun.runs import StagedRun, claim_run_dir, ensure_writable, environment, write_json, write_text
 from snnrun.simulation import SimulationConfig, SimulationResult, parse_simulation, simulate
 from snnrun.stimulus import KINDS
@@ -37,6 +38,7 @@ from snnrun.training import (
     load_splits,
     parse_train,
     read_checkpoint,
+    save_checkpoint,
     train,
 )
 
@@ -408,3 +410,53 @@ def run_sweep(config: dict | None, plan: sweeps.Plan, out: Path, name: str, resu
                     sweeps.metric_label(folder, plan, rows), heat_map=plan.random is None)
     stopped = should_stop() or any(o.status == "interrupted" for o in outcomes)
     return SweepRun(folder, plan, outcomes, sweeps.ranked(rows, plan.metric, plan.goal), stopped)
+
+
+# --------------------------------------------------------------------------- NIR export and import
+
+
+def run_export(path: Path, target: Path | None = None, dt: float = nir_graph.DEFAULT_DT) -> tuple[Path, object]:
+    """Write a trained run's network (its best checkpoint, or the checkpoint given) as a NIR graph; returns the
+    file and the graph. Default file: model.nir in the run folder."""
+    nir_graph.require_nir()
+    if not dt > 0:
+        raise ConfigError(f"{dt!r} is not allowed; the step must be > 0 seconds", source="--dt")
+    run = locate(path)
+    model = load_network(run, torch.device("cpu"))
+    graph = nir_graph.to_nir(model, config_to_dict(run.config), dt)
+    target = target or run.folder / "model.nir"
+    ensure_writable(target.parent)
+    nir_graph.write(graph, target)
+    return target, graph
+
+
+def run_import(path: Path, out: Path, overrides: list[str], dt: float | None = None,
+               into: Path | None = None) -> Path:
+    """Build a run folder (config.yaml, checkpoints/best.pt) from a NIR graph, so `eval` scores it."""
+    graph = nir_graph.read(path)
+    model_data, state = nir_graph.from_nir(graph, str(path), dt)
+    data = apply_overrides({"name": path.stem, **model_data}, overrides)
+    with blame_overrides(overrides, None):
+        cfg = parse_train(data, str(path))
+    model = Network(cfg.model, cfg.encoding.time_steps)
+    full = model.state_dict()  # scalar decays and thresholds come from the config; tensors from the graph
+    for key, value in state.items():
+        if key not in full or full[key].shape != value.shape:
+            raise ConfigError(f"the graph does not fit the network it describes ({key}: "
+                              f"{tuple(value.shape)} vs {tuple(full[key].shape) if key in full else 'none'})",
+                              source=str(path))
+        full[key] = value
+    model.load_state_dict(full)
+    ensure_writable(out if into is None else into)
+    _check_empty(into)
+    with StagedRun(out, cfg.name, into) as run:
+        write_text(run.path / "config.yaml", dump_yaml(config_to_dict(cfg)))
+        write_json(run.path / "env.json", environment("cpu"))
+        (run.path / "checkpoints").mkdir()
+        checkpoint = {"model": model.state_dict(), "imported_from": str(path)}
+        save_checkpoint(run.path / "checkpoints" / "best.pt", checkpoint)
+        write_text(run.path / "run.log", f"imported from {path} ({len(graph.nodes)} NIR nodes, dt "
+                   f"{(graph.metadata or {}).get('dt', dt or nir_graph.DEFAULT_DT)} s)\n")
+        write_json(run.path / "summary.json", {"imported_from": str(path), "metadata": {
+            k: v for k, v in (graph.metadata or {}).items() if isinstance(v, (str, int, float, bool))}})
+    return run.final

@@ -157,6 +157,7 @@ class LIFLayer(nn.Module):
 
     def __init__(self, size: int, spec: NeuronSpec, spike_fn: Surrogate):
         super().__init__()
+        self.size = size
         self.model, self.reset, self.reset_delay, self.spike_fn = spec.model, spec.reset, spec.reset_delay, spike_fn
         beta = torch.full((size,), spec.decay) if spec.learn_beta else torch.tensor(spec.decay)
         threshold = torch.full((size,), spec.threshold) if spec.learn_threshold else torch.tensor(spec.threshold)
