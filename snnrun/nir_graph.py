@@ -165,7 +165,7 @@ def from_nir(graph, source: str, dt: float | None = None) -> tuple[dict, dict]:
                            "time_steps": int(metadata.get("time_steps", 25)),
                            "gain": float(metadata.get("encoding_gain", 1.0))},
               "train": {"loss": "ce"}}
-    return config, {k: torch.as_tensor(np.asarray(v), dtype=torch.float32) for k, v in state.items()}
+    return config, {k: torch.tensor(np.asarray(v), dtype=torch.float32) for k, v in state.items()}
 
 
 def _chain(graph, source: str) -> list[tuple[str, object]]:
