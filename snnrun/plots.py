@@ -284,7 +284,11 @@ def sweep(rows: list[dict], keys: list[str], metric: str, path: Path, title: str
 
 
 def _ordered(values: set) -> list:
-    try:
-        return sorted(values)
-    except TypeError:
-        return sorted(values, key=str)
+    """Numbers (also numbers written as text, such as a layer size label) in numeric order, then the rest."""
+    def key(value):
+        try:
+            return (0, float(value), "")
+        except (TypeError, ValueError):
+            return (1, 0.0, str(value))
+
+    return sorted(values, key=key)
