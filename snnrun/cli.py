@@ -161,6 +161,9 @@ def train(
     force: Annotated[bool, typer.Option("--force", help="With --resume: continue even though the run's "
                                         "config.yaml was edited since its checkpoint (the edited config is used).")]
     = False,
+    tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Write TensorBoard logs into RUN/tb (same as "
+                                              "tensorboard: true in the config; needs the tensorboard extra).")]
+    = False,
     nproc: Annotated[int, typer.Option("--nproc", min=1, help="Processes on this machine (DistributedDataParallel "
                                        "through torchrun; one per GPU on CUDA).")] = 1,
 ) -> None:
@@ -169,6 +172,8 @@ def train(
     from snnrun.commands import load_train_config, run_training
     from snnrun.training import Callbacks, TrainingDiverged, TrainingInterrupted
 
+    if tensorboard and resume is None:
+        set_ = [*(set_ or []), "tensorboard=true"]
     cfg, resume_dir = load_train_config(config, set_ or [], device, resume, force)
     ranks = distributed.from_environment()
     if nproc > 1 and not ranks.active:

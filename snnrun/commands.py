@@ -28,6 +28,7 @@ from snnrun.network import Network
 from snnrun.runs import StagedRun, claim_run_dir, ensure_writable, environment, write_json, write_text
 from snnrun.simulation import SimulationConfig, SimulationResult, parse_simulation, simulate
 from snnrun.stimulus import KINDS
+from snnrun.tensorboard_log import TensorBoardLog, require_tensorboard
 from snnrun.training import (
     RESUME_KEYS,
     Callbacks,
@@ -203,6 +204,8 @@ def run_training(cfg: TrainConfig, out: Path, callbacks: Callbacks, resume: Path
     Under torchrun (`ranks.active`) every rank trains its share; rank 0 alone writes the folder and returns
     the run, the others return None."""
     device = resolve_device(cfg.device)
+    if cfg.tensorboard:
+        require_tensorboard(source="tensorboard")
     ensure_writable(resume / "checkpoints" if resume is not None else into if into is not None else out)
     _check_empty(into)
     load_mnist(cfg.data.root, cfg.data.download)  # no data: a clear error before any folder exists
@@ -244,10 +247,17 @@ def _train_in_folder(cfg, out, callbacks, resume, on_folder, device, ranks, into
         epoch_done(record)
 
     callbacks = replace(callbacks, epoch_done=record_epoch)
+    board = _tensorboard_log(cfg, folder, device) if cfg.tensorboard else None
+    if board is not None:
+        callbacks = replace(callbacks, inspect=board.epoch)
     with open(folder / "run.log", "a", encoding="utf-8") as log:
         processes = f" x {ranks.world} processes" if ranks.active else ""
         log.write(f"{'resumed' if resume else 'started'} on {device}{processes}: {' '.join(sys.argv)}\n")
-    summary = train(cfg, folder, device, callbacks, resume=resume is not None, ranks=ranks)
+    try:
+        summary = train(cfg, folder, device, callbacks, resume=resume is not None, ranks=ranks)
+    finally:
+        if board is not None:
+            board.close()
     history = summary.pop("history")
     # whole again from the checkpointed history: a run killed between a checkpoint and its metrics line loses none
     write_text(folder / "metrics.jsonl", "".join(json.dumps(record) + "\n" for record in history))
@@ -258,6 +268,16 @@ def _train_in_folder(cfg, out, callbacks, resume, on_folder, device, ranks, into
         log.write(f"finished: test accuracy {summary['test_accuracy']:.4f}, best val {summary['best_val_accuracy']}, "
                   f"{summary['train_seconds']:.1f} s of training\n")
     return TrainingRun(folder, cfg, summary)
+
+
+def _tensorboard_log(cfg: TrainConfig, folder: Path, device) -> TensorBoardLog:
+    """A TensorBoard log whose per-epoch probe is the first 64 validation digits (test digits without a
+    validation set), encoded once with a fixed seed so every epoch sees the same input."""
+    _, val, test = load_splits(cfg, device)
+    data = val if len(val) else test
+    generator = torch.Generator(device=device).manual_seed(cfg.train.seed + 2)
+    inputs = encode(data.images[:64], cfg, generator)
+    return TensorBoardLog(folder, (inputs, data.images[0].cpu().numpy(), int(data.labels[0])))
 
 
 def _write_metrics_csv(path: Path, history: list[dict]) -> None:

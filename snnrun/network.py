@@ -204,6 +204,7 @@ class NetworkOutput:
     membrane: torch.Tensor | None  # output membrane (time, batch, outputs)
     spike_counts: torch.Tensor  # total spikes per layer in this batch (hidden..., output), no gradient
     recorded: list[torch.Tensor] | None = None  # spikes of every layer (input first) when record=True
+    recorded_membranes: list[torch.Tensor] | None = None  # membranes of every neuron layer when record=True
 
 
 class Network(nn.Module):
@@ -226,22 +227,24 @@ class Network(nn.Module):
         """x: (batch, features) constant input, or (time, batch, features) spikes."""
         steps = self.time_steps
         recorded = [x.expand(steps, *x.shape) if x.dim() == 2 else x] if record else None
+        membranes = [] if record else None
         counts = []
         for linear, lif, p in zip(self.linears, self.neurons, self.dropouts, strict=True):
             if x.dim() == 2:  # constant over time: one matmul, then a view repeated over the steps
                 current = linear(x).expand(steps, -1, -1)
             else:
                 current = spike_linear(x, linear.weight, linear.bias)  # all steps at once, over the spikes
-            x, _ = lif(current)
+            x, membrane = lif(current)
             counts.append(x.detach().sum())
             if record:
                 recorded.append(x.detach())
+                membranes.append(membrane.detach())
             if p > 0 and self.training:
                 x = spike_dropout(x, p)
         if self.output_neurons is None:  # the mean over time of a linear map is the map of the mean: one matmul
             logits = self.readout(x.mean(dim=0) if x.dim() == 3 else x)
             counts.append(torch.zeros((), device=logits.device))
-            return NetworkOutput(logits, None, None, torch.stack(counts), recorded)
+            return NetworkOutput(logits, None, None, torch.stack(counts), recorded, membranes)
         if x.dim() == 3:
             current = spike_linear(x, self.readout.weight, self.readout.bias)
         else:
@@ -250,10 +253,11 @@ class Network(nn.Module):
         counts.append(spikes.detach().sum())
         if record:
             recorded.append(spikes.detach())
+            membranes.append(membrane.detach())
         if self.cfg.readout == "rate":
             logits = spikes.sum(dim=0)
         elif self.cfg.membrane_reduce == "max":
             logits = membrane.max(dim=0).values
         else:
             logits = membrane.sum(dim=0)
-        return NetworkOutput(logits, spikes, membrane, torch.stack(counts), recorded)
+        return NetworkOutput(logits, spikes, membrane, torch.stack(counts), recorded, membranes)

@@ -84,6 +84,8 @@ class TrainConfig:
     name: str = field("mnist", "string", "suffix of the run folder")
     device: str = field("auto", "string", "auto, cpu, cuda, cuda:N or mps")
     threads: int | None = integer(None, "CPU threads for torch (null: torch's default)", minimum=1, nullable=True)
+    tensorboard: bool = field(False, "bool", "write TensorBoard logs into the run folder's tb/ (scalars, weight "
+                              "and membrane histograms, raster per epoch; needs the tensorboard extra)")
     data: DataConfig = None  # type: ignore[assignment]
     model: object = None
     encoding: EncodingConfig = None  # type: ignore[assignment]
@@ -291,6 +293,7 @@ class Callbacks:
     epoch_started: Callable[[int, int], None] = lambda epoch, batches: None
     batch_done: Callable[[dict], None] = lambda stats: None
     epoch_done: Callable[[dict], None] = lambda record: None
+    inspect: Callable[[dict, torch.nn.Module], None] = lambda record, model: None  # the trained network, per epoch
     should_stop: Callable[[], bool] = lambda: False
 
 
@@ -431,6 +434,7 @@ def train(cfg: TrainConfig, folder: Path | None, device: torch.device, callbacks
             save("best.pt", {"model": model.state_dict(), "epoch": epoch + 1})
         if (epoch + 1) % s.checkpoint_every == 0 or epoch + 1 == s.epochs:
             save("last.pt", {**resume_state, "history": history, "best_val_accuracy": best_val})
+        cb.inspect(record, model)
         cb.epoch_done(record)
 
     digests = distributed.gather(ranks, distributed.weights_digest(model))

@@ -64,6 +64,7 @@ def test_every_neuron_kind_and_readout_round_trips_to_the_same_outputs(tmp_path,
     assert all(s.sum() > 0 for s in spikes)
     assert all(torch.equal(a, b) for a, b in zip(spikes, spikes2, strict=True))
     assert torch.equal(logits, logits2)
+    assert (membrane is None and membrane2 is None) or torch.equal(membrane, membrane2)
 
 
 def test_graph_states_dt_and_tau_from_beta(tmp_path):
