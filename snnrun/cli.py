@@ -208,7 +208,7 @@ def train(
                               f"acc {100 * r['train_accuracy']:.2f}% | {val} | {r['epoch_seconds']:.1f} s, "
                               f"{r['samples_per_s']:.0f} samples/s", highlight=False, soft_wrap=True)
 
-        callbacks = Callbacks(epoch_started, batch_done, epoch_done, stop.is_set)
+        callbacks = Callbacks(epoch_started, batch_done, epoch_done, should_stop=stop.is_set)
         try:
             run = run_training(cfg, out_dir, callbacks, resume_dir, on_folder=folder_box.append, ranks=ranks,
                                into=into)

@@ -293,8 +293,8 @@ class Callbacks:
     epoch_started: Callable[[int, int], None] = lambda epoch, batches: None
     batch_done: Callable[[dict], None] = lambda stats: None
     epoch_done: Callable[[dict], None] = lambda record: None
-    inspect: Callable[[dict, torch.nn.Module], None] = lambda record, model: None  # the trained network, per epoch
     should_stop: Callable[[], bool] = lambda: False
+    inspect: Callable[[dict, torch.nn.Module], None] = lambda record, model: None  # the trained network, per epoch
 
 
 def train(cfg: TrainConfig, folder: Path | None, device: torch.device, callbacks: Callbacks | None = None,
