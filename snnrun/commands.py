@@ -7,8 +7,6 @@ It prints nothing: it reports progress through a callback and returns what it ma
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -25,7 +23,16 @@ from snnrun.data import load_mnist
 from snnrun.devices import resolve_device
 from snnrun.evaluation import evaluate_run, load_network, locate
 from snnrun.network import Network
-from snnrun.runs import StagedRun, claim_run_dir, ensure_writable, environment, write_json, write_text
+from snnrun.runs import (
+    StagedRun,
+    claim_run_dir,
+    ensure_writable,
+    environment,
+    flatten,
+    write_csv,
+    write_json,
+    write_text,
+)
 from snnrun.simulation import SimulationConfig, SimulationResult, parse_simulation, simulate
 from snnrun.stimulus import KINDS
 from snnrun.tensorboard_log import TensorBoardLog, require_tensorboard
@@ -261,7 +268,7 @@ def _train_in_folder(cfg, out, callbacks, resume, on_folder, device, ranks, into
     history = summary.pop("history")
     # whole again from the checkpointed history: a run killed between a checkpoint and its metrics line loses none
     write_text(folder / "metrics.jsonl", "".join(json.dumps(record) + "\n" for record in history))
-    _write_metrics_csv(folder / "metrics.csv", history)
+    write_csv(folder / "metrics.csv", [flatten(record) for record in history])
     _plot_training(cfg, folder, history, device)
     write_json(folder / "summary.json", summary)  # last: its presence marks a finished run
     with open(folder / "run.log", "a", encoding="utf-8") as log:
@@ -278,24 +285,6 @@ def _tensorboard_log(cfg: TrainConfig, folder: Path, device) -> TensorBoardLog:
     generator = torch.Generator(device=device).manual_seed(cfg.train.seed + 2)
     inputs = encode(data.images[:64], cfg, generator)
     return TensorBoardLog(folder, (inputs, data.images[0].cpu().numpy(), int(data.labels[0])))
-
-
-def _write_metrics_csv(path: Path, history: list[dict]) -> None:
-    rows = []
-    for record in history:
-        row = {}
-        for key, value in record.items():
-            if isinstance(value, list):
-                row.update({f"{key}_{i + 1}": v for i, v in enumerate(value)})
-            else:
-                row[key] = value
-        rows.append(row)
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, buffer.getvalue())
 
 
 def _plot_training(cfg: TrainConfig, folder: Path, history: list[dict], device) -> None:
@@ -423,7 +412,7 @@ def run_sweep(config: dict | None, plan: sweeps.Plan, out: Path, name: str, resu
         gpus = torch.cuda.device_count()
     outcomes = sweeps.run_members(folder, plan, parallel or plan.parallel, gpus, on_start, on_done, should_stop)
     rows = sweeps.collect(folder, plan, outcomes)
-    sweeps.write_csv(folder / "sweep.csv", rows)
+    write_csv(folder / "sweep.csv", rows)
     if any(row["status"] == "done" for row in rows):
         sweeps.check_metric(rows, plan.metric)
         plots.sweep(rows, plan.keys, plan.metric, folder / "sweep.png", folder.name,

@@ -8,8 +8,10 @@ run leaves no half-written folder behind.
 from __future__ import annotations
 
 import contextlib
+import csv
 import datetime as _dt
 import errno
+import io
 import json
 import os
 import platform
@@ -125,6 +127,27 @@ def ensure_writable(folder: Path) -> None:
             os.fsync(probe.fileno())
     except OSError as error:
         raise OSError(error.errno, f"cannot write here ({error.strerror or error})", str(folder)) from None
+
+
+def flatten(record: dict) -> dict:
+    """A record with each list value spread into numbered columns: {"spikes": [a, b]} -> spikes_1, spikes_2."""
+    flat = {}
+    for key, value in record.items():
+        if isinstance(value, list):
+            flat.update({f"{key}_{i + 1}": v for i, v in enumerate(value)})
+        else:
+            flat[key] = value
+    return flat
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """Rows as a CSV file (atomically); the columns are every key in order of first appearance."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -16,8 +16,6 @@ its checkpoint. This module plans, runs and collects; it prints nothing.
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import itertools
 import json
 import math
@@ -37,7 +35,7 @@ from typing import TextIO
 import yaml
 
 from snnrun.config import ConfigError, dump_yaml, load_yaml
-from snnrun.runs import write_json, write_text
+from snnrun.runs import flatten, write_json, write_text
 
 COMMANDS = ("train", "simulate")
 DEFAULT_METRIC = {"train": "test_accuracy", "simulate": "mean_firing_rate"}
@@ -366,13 +364,7 @@ def member_metrics(folder: Path, command: str) -> dict:
     else:
         metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
         data = dict(metrics["population"], simulation_seconds=metrics.get("simulation_seconds"))
-    flat = {}
-    for key, value in data.items():
-        if isinstance(value, list):
-            flat.update({f"{key}_{i + 1}": v for i, v in enumerate(value)})
-        elif value is None or isinstance(value, (int, float)):
-            flat[key] = value
-    return flat
+    return {k: v for k, v in flatten(data).items() if v is None or isinstance(v, (int, float))}
 
 
 def collect(folder: Path, plan: Plan, outcomes: list[Outcome]) -> list[dict]:
@@ -407,15 +399,6 @@ def ranked(rows: list[dict], metric: str, goal: str) -> list[dict]:
     have = [r for r in rows if isinstance(r.get(metric), (int, float))]
     rest = [r for r in rows if r not in have]
     return sorted(have, key=lambda r: r[metric], reverse=goal == "max") + rest
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, buffer.getvalue())
 
 
 def check_metric(rows: list[dict], metric: str) -> None:
