@@ -38,6 +38,7 @@ app = typer.Typer(
 
 SetOption = Annotated[list[str] | None, typer.Option(
     "--set", metavar="KEY=VALUE", help="Override a config key (dotted, value parsed as YAML); repeatable.")]
+RunArgument = Annotated[Path, typer.Argument(help="Run folder (uses checkpoints/best.pt) or a checkpoint file.")]
 IntoOption = Annotated[Path | None, typer.Option(
     "--into", metavar="RUN_DIR", help="Write the run into exactly this new (or empty) folder instead of a "
     "timestamped one under --out (how sweep places its members).")]
@@ -313,7 +314,7 @@ def _training_table(run) -> Table:
              "  snnrun eval outputs/train/2026-01-01_12-00-00_mnist/checkpoints/last.pt --split val")
 @user_errors
 def evaluate(
-    run: Annotated[Path, typer.Argument(help="Run folder (uses checkpoints/best.pt) or a checkpoint file.")],
+    run: RunArgument,
     split: Annotated[str, typer.Option("--split", help="test | val")] = "test",
     device: DeviceOption = None,
 ) -> None:
@@ -438,7 +439,7 @@ def _sweep_table(run) -> Table:
              "  snnrun export outputs/train/2026-01-01_12-00-00_mnist -o mnist.nir --dt 1e-3")
 @user_errors
 def export(
-    run: Annotated[Path, typer.Argument(help="Run folder (uses checkpoints/best.pt) or a checkpoint file.")],
+    run: RunArgument,
     format_: Annotated[str, typer.Option("--format", help="nir (the only format so far)")] = "nir",
     output: Annotated[Path | None, typer.Option("-o", "--output", help="File to write (default RUN/model.nir).")]
     = None,

@@ -5,7 +5,7 @@ A sweep folder `outputs/sweep/<YYYY-MM-DD_HH-MM-SS>_<name>/` holds
     sweep.json           the plan: command, metric, and each member's overrides and folder name
     <NNN>_<key=value...>/ each member's run folder, written by `snnrun train|simulate base.yaml --set ... --into`
     logs/<NNN>.log       each member's console output
-    sweep.csv, sweep.png the members' swept values and final metrics, written when all have run
+    sweep.csv, sweep.png the members' swept values, status and final metrics, written each time the sweep ends
 
 Members run as child processes, one after another or `parallel` at a time (each with cores/parallel threads,
 or its own GPU), so a member that fails does not take the sweep down. Stopped and started again
