@@ -16,7 +16,9 @@ Rows (each peer's network is written in its own idiom in benchmarks/peers.py):
   target; its first, compiling run reported apart), with equal spike counts required.
 
 Timings are medians after warm-up, with a fixed number of torch threads (`--threads`, default 2), and never
-two benchmarks at once. Results go to benchmarks/results/<hostname>-<date>[-cuda].json and a rich table.
+two benchmarks at once. glibc's malloc keeps freed memory for every peer alike, as the snnrun command sets it
+(`snnrun.memory`; `--default-malloc` leaves it as it is). Results go to
+benchmarks/results/<hostname>-<date>[-cuda].json and a rich table.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from snnrun.memory import keep_freed_memory
 from snnrun.network import LIFLayer, Network, NeuronSpec, parse_model
 from snnrun.simulation import parse_simulation, simulate
 from snnrun.sparse import _SpikeLinear, spike_linear
@@ -302,13 +305,17 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--neurons", type=int, default=None,
                         help="open-neuromorphic layer size (default 16,384 on a GPU, 4,096 on a CPU)")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc as it is (the snnrun command keeps freed memory: snnrun.memory)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    kept = False if args.default_malloc else keep_freed_memory()  # as `snnrun` does; for every peer alike
     DEVICE = torch.device(args.device)
     cuda = DEVICE.type == "cuda"
 
     machine = {"hostname": socket.gethostname(), "platform": platform.platform(), "processor": platform.processor(),
-               "threads": args.threads, "torch": torch.__version__, "device": args.device}
+               "threads": args.threads, "torch": torch.__version__, "device": args.device,
+               "keep_freed_memory": kept}
     if cuda:
         machine["gpu"] = torch.cuda.get_device_name()
     results = {"machine": machine, "date": dt.date.today().isoformat()}
@@ -345,6 +352,8 @@ def main() -> None:
 def table(results: dict) -> Table:
     m = results["machine"]
     where = m.get("gpu", f"{m['hostname']}, {m['threads']} threads")
+    if not m.get("keep_freed_memory"):
+        where += ", default malloc"
     t = Table(title=f"snnrun vs peers on {where} (float32 GEMM {results['roofline']['gflops']:.0f} GFLOP/s)")
     for column in ("work", "peer", "peer", "snnrun", "snnrun speed-up"):
         t.add_column(column, justify="left" if column == "work" else "right")

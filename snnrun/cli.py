@@ -492,6 +492,9 @@ def data(root: Annotated[Path, typer.Option("--root", help="Folder to hold MNIST
 
 
 def main() -> None:
+    from snnrun.memory import keep_freed_memory
+
+    keep_freed_memory()  # reuse freed batch-sized blocks instead of page-faulting them in again (snnrun.memory)
     app(prog_name="snnrun")
 
 
