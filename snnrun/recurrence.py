@@ -41,29 +41,30 @@ class _Recurrence(torch.autograd.Function):
         b = _scalar(beta)
         u = s = torch.zeros_like(current[0])
         syn = torch.zeros_like(current[0]) if model == "synaptic" else None
+        # the steps as views made once (a per-step index costs about a microsecond each, a dozen a step)
+        currents, pres, mems, spks = (x.unbind(0) for x in (current, pre, mem, spk))
+        zero_delayed = delayed and reset == "zero"
         with torch.no_grad():
-            for t in range(current.shape[0]):
-                drive = current[t]
+            for drive, pre_t, mem_t, spk_t in zip(currents, pres, mems, spks, strict=True):
                 if syn is not None:
                     syn = drive = torch.add(drive, syn, alpha=alpha)
-                zero_delayed = delayed and reset == "zero"
                 if zero_delayed and syn is None:  # leaky: beta*(U*(1 - S)) + I, with U - U*S exact for S in {0, 1}
                     u = torch.addcmul(u, u, s, value=-1)
                 if b is not None:
-                    torch.add(drive, u, alpha=b, out=pre[t])
+                    torch.add(drive, u, alpha=b, out=pre_t)
                 else:
-                    torch.addcmul(drive, beta, u, out=pre[t])
+                    torch.addcmul(drive, beta, u, out=pre_t)
                 if zero_delayed and syn is not None:  # synaptic: (1 - S)*(beta*U + I_syn), in place
-                    pre[t].addcmul_(pre[t], s, value=-1)
+                    pre_t.addcmul_(pre_t, s, value=-1)
                 if delayed and reset == "subtract":
-                    pre[t].sub_(s, alpha=threshold)
-                torch.gt(pre[t], threshold, out=spk[t])
+                    pre_t.sub_(s, alpha=threshold)
+                torch.gt(pre_t, threshold, out=spk_t)
                 if pre is not mem:  # immediate reset by this step's spikes
                     if reset == "subtract":
-                        torch.sub(pre[t], spk[t], alpha=threshold, out=mem[t])
+                        torch.sub(pre_t, spk_t, alpha=threshold, out=mem_t)
                     else:
-                        torch.addcmul(pre[t], pre[t], spk[t], value=-1, out=mem[t])
-                u, s = mem[t], spk[t]
+                        torch.addcmul(pre_t, pre_t, spk_t, value=-1, out=mem_t)
+                u, s = mem_t, spk_t
         ctx.save_for_backward(pre, mem, spk, beta)
         ctx.settings = (alpha, threshold, model, reset, delayed, kind, slope)
         return spk, mem
@@ -91,13 +92,15 @@ class _Recurrence(torch.autograd.Function):
         b = _scalar(beta)
         a = c  # becomes dL/dpre in total, in place, one fused operation per step
         carry = kept * beta if kept is not None else None  # what the membrane carries from step t to t+1
+        steps_a = a.unbind(0)
+        carries = carry.unbind(0) if carry is not None else None
         for t in range(steps - 2, -1, -1):
-            if carry is not None:
-                a[t].addcmul_(carry[t], a[t + 1])
+            if carries is not None:
+                steps_a[t].addcmul_(carries[t], steps_a[t + 1])
             elif b is not None:
-                a[t].add_(a[t + 1], alpha=b)
+                steps_a[t].add_(steps_a[t + 1], alpha=b)
             else:
-                a[t].addcmul_(beta, a[t + 1])
+                steps_a[t].addcmul_(beta, steps_a[t + 1])
         grad_beta = None
         if ctx.needs_input_grad[1]:  # d pre[t] / d beta = the membrane carried in from step t-1
             previous = torch.cat([torch.zeros_like(mem[:1]), mem[:-1]])
@@ -108,7 +111,7 @@ class _Recurrence(torch.autograd.Function):
             if kept is not None and delayed:
                 a[1:].mul_(kept[:-1])
             for t in range(steps - 2, -1, -1):
-                a[t].add_(a[t + 1], alpha=alpha)
+                steps_a[t].add_(steps_a[t + 1], alpha=alpha)
         return a, grad_beta, None, None, None, None, None, None, None
 
 
