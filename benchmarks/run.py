@@ -15,9 +15,10 @@ Rows (each peer's network is written in its own idiom in benchmarks/peers.py):
 - simulate: `lif` with 10,000 and 100,000 neurons for 2,000 steps against Brian2 (its default code generation
   target; its first, compiling run reported apart), with equal spike counts required.
 
-Timings are medians after warm-up, with a fixed number of torch threads (`--threads`, default 2), and never
-two benchmarks at once. glibc's malloc keeps freed memory for every peer alike, as the snnrun command sets it
-(`snnrun.memory`; `--default-malloc` leaves it as it is). Results go to
+Timings are medians after warm-up (a training row times the peer's and snnrun's batches in turns of a quarter
+second, so a slow spell of the machine slows both), with a fixed number of torch threads (`--threads`, default
+2), and never two benchmarks at once. glibc's malloc keeps freed memory for every peer alike, as the snnrun
+command sets it (`snnrun.memory`; `--default-malloc` leaves it as it is). Results go to
 benchmarks/results/<hostname>-<date>[-cuda].json and a rich table.
 """
 
@@ -66,6 +67,32 @@ def median_seconds(fn, repeats: int, warmup: int = 2) -> float:
         sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def paired_median_seconds(fn_a, fn_b, repeats: int, warmup: int = 2, min_seconds: float = 3.0,
+                          turn_seconds: float = 0.25) -> tuple[float, float]:
+    """Medians of fn_a and fn_b timed in turns of about `turn_seconds` each (a a a, b b b, a a a, ...), so
+    that a slow spell of a shared machine slows both alike while each runs back to back as in training: at
+    least `repeats` calls of each, and more until the turns took `min_seconds` (short steps)."""
+    fns = (fn_a, fn_b)
+    times: tuple[list, list] = ([], [])
+    per_turn = []
+    for fn in fns:
+        for _ in range(warmup):
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+        per_turn.append(max(1, round(turn_seconds / max(time.perf_counter() - start, 1e-6))))
+    while min(len(t) for t in times) < repeats or sum(map(sum, times)) < min_seconds:
+        for fn, record, calls in zip(fns, times, per_turn, strict=True):
+            for _ in range(calls):
+                sync()
+                start = time.perf_counter()
+                fn()
+                sync()
+                record.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def installed(module: str) -> bool:
@@ -173,8 +200,7 @@ def train_row(peer: str, repeats: int) -> dict:
     same = peer != "Norse"
     if same and abs(first_theirs - first_ours) > 1e-4:
         raise SystemExit(f"{peer}: first-batch losses differ: {first_theirs} vs snnrun {first_ours}")
-    t_theirs = median_seconds(step_theirs, repeats)
-    t_ours = median_seconds(step_ours, repeats)
+    t_theirs, t_ours = paired_median_seconds(step_theirs, step_ours, repeats)
     return {"peer": peer, "network": "norse tutorial 784-128-10, 10 steps, batch 32" if peer == "Norse" else
             "tutorial 5, 784-1000-10, 25 steps, batch 128", "same_numbers": same,
             "first_loss_peer": first_theirs, "first_loss_snnrun": first_ours,
@@ -297,6 +323,9 @@ def simulate_vs_brian2(neurons: int, steps: int = 2000) -> dict:
 # --------------------------------------------------------------------------- main
 
 
+ROWS = ("train", "crossover", "open_neuromorphic", "simulate")
+
+
 def main() -> None:
     global DEVICE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -305,6 +334,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--neurons", type=int, default=None,
                         help="open-neuromorphic layer size (default 16,384 on a GPU, 4,096 on a CPU)")
+    parser.add_argument("--only", nargs="+", choices=ROWS, default=list(ROWS), metavar="ROW",
+                        help=f"run only these rows: {', '.join(ROWS)} (default: all)")
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc's malloc as it is (the snnrun command keeps freed memory: snnrun.memory)")
     args = parser.parse_args()
@@ -322,27 +353,28 @@ def main() -> None:
     with console.status("roofline"):
         results["roofline"] = roofline()
     results["train"] = []
-    for peer in ("snnTorch", "SpikingJelly", "Norse"):
+    for peer in ("snnTorch", "SpikingJelly", "Norse") if "train" in args.only else ():
         with console.status(f"training: {peer}"):
             results["train"].append(train_row(peer, args.repeats))
-    if not cuda:
+    if not cuda and "crossover" in args.only:
         with console.status("cross-over of the gathered first layer"):
             results["crossover"] = crossover(5)
     neurons = args.neurons or (16_384 if cuda else 4_096)
-    with console.status(f"open-neuromorphic: {neurons} neurons"):
-        results["open_neuromorphic"] = {"neurons": neurons, "rows": open_neuromorphic(neurons, 5 if cuda else 3)}
-    if cuda:  # TF32 matrix multiplies: an opt-in that changes numbers, reported apart
-        torch.backends.cuda.matmul.allow_tf32 = True
-        with console.status("open-neuromorphic with TF32 matmuls"):
-            results["open_neuromorphic_tf32"] = {"neurons": neurons, "rows": open_neuromorphic(neurons, 5)}
-        torch.backends.cuda.matmul.allow_tf32 = False
-    else:
+    if "open_neuromorphic" in args.only:
+        with console.status(f"open-neuromorphic: {neurons} neurons"):
+            results["open_neuromorphic"] = {"neurons": neurons, "rows": open_neuromorphic(neurons, 5 if cuda else 3)}
+        if cuda:  # TF32 matrix multiplies: an opt-in that changes numbers, reported apart
+            torch.backends.cuda.matmul.allow_tf32 = True
+            with console.status("open-neuromorphic with TF32 matmuls"):
+                results["open_neuromorphic_tf32"] = {"neurons": neurons, "rows": open_neuromorphic(neurons, 5)}
+            torch.backends.cuda.matmul.allow_tf32 = False
+    if not cuda and "simulate" in args.only:
         for n in (10_000, 100_000):
             with console.status(f"simulate: {n} lif neurons vs Brian2"):
                 results[f"simulate_brian2_{n}"] = simulate_vs_brian2(n)
 
     RESULTS.mkdir(exist_ok=True)
-    suffix = "-cuda" if cuda else ""
+    suffix = ("-cuda" if cuda else "") + ("" if set(args.only) == set(ROWS) else "-" + "-".join(args.only))
     path = RESULTS / f"{machine['hostname']}-{results['date']}{suffix}.json"
     path.write_text(json.dumps(results, indent=2) + "\n")
     console.print(table(results))

@@ -79,3 +79,15 @@ def test_inputs_on_most_steps_are_gathered_where_they_change(scale, input_grad, 
 def test_no_reference_for_sparse_inputs():
     g = torch.Generator().manual_seed(4)
     assert sparse.majority_reference(spikes((10, 4, 50), 0.1, g)) is None
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_spikes_the_same_at_every_step(bias):
+    """Inputs that never change over time (neurons firing at every step or never): nothing to gather beyond
+    the majority share, and the layer still equals F.linear (this once raised IndexError on the empty gather)."""
+    g = torch.Generator().manual_seed(5)
+    x = spikes((1, 6, 40), 0.5, g).expand(9, -1, -1).contiguous().requires_grad_(True)
+    weight = torch.randn(70, 40, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(70, generator=g, dtype=torch.float64, requires_grad=True) if bias else None
+    assert uses_gather(x, 70)
+    assert_equals_dense(x, weight, b, torch.randn(9, 6, 70, generator=g, dtype=torch.float64))
