@@ -44,7 +44,7 @@ from snnrun.network import LIFLayer, Network, NeuronSpec, parse_model
 from snnrun.simulation import parse_simulation, simulate
 from snnrun.sparse import _SpikeLinear, spike_linear
 from snnrun.surrogate import Surrogate
-from snnrun.training import TrainSettings, loss_of, make_optimizer
+from snnrun.training import TrainSettings, loss_of, make_optimizer, small_network_threads, using_threads
 
 RESULTS = Path(__file__).resolve().parent / "results"
 console = Console(width=None if sys.stdout.isatty() else 150)  # a log file gets the table unwrapped
@@ -132,6 +132,14 @@ def mnist_batch(batch: int = BATCH) -> tuple[torch.Tensor, torch.Tensor]:
     return train.images[:batch].reshape(batch, -1).float() / 255, train.labels[:batch]
 
 
+def on_threads(fn, threads: int):
+    """fn run with `threads` torch threads (and the earlier count restored after each call)."""
+    def run():
+        with using_threads(threads):
+            return fn()
+    return run
+
+
 def step_of(model, optimizer, loss_fn, x, y):
     def step():
         loss = loss_fn(model(x), y)
@@ -196,6 +204,9 @@ def train_row(peer: str, repeats: int) -> dict:
             return loss_of(output, y, TrainSettings(loss="ce_membrane"), steps)
     step_theirs = step_of(theirs, opt_theirs, loss_theirs, x_theirs, y)
     step_ours = step_of(ours, opt_ours, loss_ours, x_ours, y)
+    threads = small_network_threads(ours.cfg, batch) if DEVICE.type == "cpu" else None  # as `snnrun train`
+    if threads:
+        step_ours = on_threads(step_ours, threads)
     first_theirs, first_ours = float(step_theirs().detach()), float(step_ours().detach())
     same = peer != "Norse"
     if same and abs(first_theirs - first_ours) > 1e-4:
@@ -204,7 +215,8 @@ def train_row(peer: str, repeats: int) -> dict:
     return {"peer": peer, "network": "norse tutorial 784-128-10, 10 steps, batch 32" if peer == "Norse" else
             "tutorial 5, 784-1000-10, 25 steps, batch 128", "same_numbers": same,
             "first_loss_peer": first_theirs, "first_loss_snnrun": first_ours,
-            "peer_samples_per_s": batch / t_theirs, "snnrun_samples_per_s": batch / t_ours, "ratio": t_theirs / t_ours}
+            "peer_samples_per_s": batch / t_theirs, "snnrun_samples_per_s": batch / t_ours, "ratio": t_theirs / t_ours,
+            "snnrun_threads": threads or torch.get_num_threads()}
 
 
 # --------------------------------------------------------------------------- sparse first layer: cross-over
@@ -394,6 +406,8 @@ def table(results: dict) -> Table:
             t.add_row("train", row["peer"], row["skipped"], "", "")
             continue
         note = "" if row["same_numbers"] else " (dynamics differ)"
+        if row.get("snnrun_threads", m["threads"]) != m["threads"]:
+            note += f" (snnrun: {row['snnrun_threads']} thread)"
         t.add_row(f"train {row['network']} (samples/s){note}", row["peer"], f"{row['peer_samples_per_s']:.0f}",
                   f"{row['snnrun_samples_per_s']:.0f}", f"{row['ratio']:.2f}x")
     for key, label in (("open_neuromorphic", "float32"), ("open_neuromorphic_tf32", "TF32")):

@@ -42,12 +42,14 @@ from snnrun.training import (
     CheckpointError,
     TrainConfig,
     config_to_dict,
+    cpu_threads,
     encode,
     load_splits,
     parse_train,
     read_checkpoint,
     save_checkpoint,
     train,
+    using_threads,
 )
 
 DEFAULT_SIMULATION = Path("configs/step.yaml")
@@ -216,13 +218,14 @@ def run_training(cfg: TrainConfig, out: Path, callbacks: Callbacks, resume: Path
     ensure_writable(resume / "checkpoints" if resume is not None else into if into is not None else out)
     _check_empty(into)
     load_mnist(cfg.data.root, cfg.data.download)  # no data: a clear error before any folder exists
-    if ranks.active:
-        device = distributed.start(ranks, device)
-        try:
-            return _train_in_folder(cfg, out, callbacks, resume, on_folder, device, ranks, into)
-        finally:
-            distributed.finish()
-    return _train_in_folder(cfg, out, callbacks, resume, on_folder, device, ranks, into)
+    with using_threads(cpu_threads(cfg) if device.type == "cpu" else None):
+        if ranks.active:
+            device = distributed.start(ranks, device)
+            try:
+                return _train_in_folder(cfg, out, callbacks, resume, on_folder, device, ranks, into)
+            finally:
+                distributed.finish()
+        return _train_in_folder(cfg, out, callbacks, resume, on_folder, device, ranks, into)
 
 
 def _check_empty(into: Path | None) -> None:

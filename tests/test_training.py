@@ -16,7 +16,15 @@ from snnrun.data import DataError, _ArraysOnly, available, read_idx, write_idx
 from snnrun.encoding import encode
 from snnrun.network import Network, parse_model
 from snnrun.surrogate import Surrogate
-from snnrun.training import Callbacks, TrainingInterrupted, parse_train, shift_images, train
+from snnrun.training import (
+    Callbacks,
+    TrainingInterrupted,
+    cpu_threads,
+    parse_train,
+    shift_images,
+    small_network_threads,
+    train,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data"
@@ -308,3 +316,33 @@ def test_spike_count_animation_has_a_frame_per_step_and_holds_the_last(tmp_path)
     assert durations[-1] >= durations[0] + 2000  # the answer stays on screen two seconds longer
     first, last = ((f[..., 1] > 120) & (f[..., 0] < 80) & (f[..., 2] < 80) for f in frames)  # the label's green bar
     assert 0 < 4 * first.sum() < last.sum()  # 1 spike at step 1, 6 at the end
+
+
+@needs_mnist
+def test_a_small_network_trains_on_one_thread_and_the_count_is_restored(in_tmp, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        sets = [f"data.root={DATA}", "train.subset.train=640", "train.subset.test=200", "model.hidden=[32]"]
+        result = runner.invoke(app, ["train", "configs/smoke.yaml", "--device", "cpu",
+                                     *[arg for s in sets for arg in ("--set", s)]])
+        assert result.exit_code == 0, result.output
+        folder = Path(result.output.strip().splitlines()[-1])
+        assert json.loads((folder / "env.json").read_text())["threads"] == 1  # 64 x 32 neurons: one thread
+        assert torch.get_num_threads() == 2  # the caller's count, back after the run
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_thread_rule_small_networks_config_and_environment(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    norse = parse_model({"hidden": [128], "outputs": 10}, "model", "test")
+    tutorial5 = parse_model({"hidden": [1000]}, "model", "test")
+    assert small_network_threads(norse, 32) == 1  # 32 x 128 = 4,096 elements a step
+    assert small_network_threads(norse, 256) is None  # 32,768: a full grain for each of two threads
+    assert small_network_threads(tutorial5, 128) is None
+    assert cpu_threads(small_config()) == 1
+    assert cpu_threads(small_config(threads=2)) == 2  # the config's own count wins
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert cpu_threads(small_config()) is None  # and so does the user's environment
