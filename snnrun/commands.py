@@ -90,7 +90,7 @@ def blame_overrides(overrides: list[str], device: str | None) -> Iterator[None]:
     try:
         yield
     except ConfigError as error:
-        given = {item.partition("=")[0].strip(): item for item in overrides}
+        given = {item.partition("=")[0].strip(): f"--set {item}" for item in overrides}
         if device is not None:
             given["device"] = f"--device {device}"
         keys = [error.key or "", *error.related]
@@ -99,8 +99,7 @@ def blame_overrides(overrides: list[str], device: str | None) -> Iterator[None]:
                        if key == k or key.startswith(k + ".") or k.startswith(key + ".")), None)
         if origin is None:
             raise
-        option = origin if origin.startswith("--") else f"--set {origin}"
-        source = f"{error.source} ({option})" if error.source else option
+        source = f"{error.source} ({origin})" if error.source else origin
         raise ConfigError(error.detail, source=source, key=error.key, related=error.related) from None
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
@@ -281,6 +281,7 @@ def test_random_yaml_documents_to_simulate(tmp_path, document):
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@example(key="--", value="")  # a key that looks like an option: once named without its --set
 @given(key=st.one_of(st.sampled_from(KEYS), st.text(max_size=12)), value=st.one_of(
     values.map(lambda v: yaml.safe_dump(v, default_flow_style=True).strip()), st.text(max_size=12)))
 def test_random_set_keys_and_values(tmp_path, key, value):
