@@ -236,6 +236,7 @@ def _check_empty(into: Path | None) -> None:
 def _train_in_folder(cfg, out, callbacks, resume, on_folder, device, ranks, into) -> TrainingRun | None:
     if not ranks.main:
         train(cfg, resume, device, callbacks, resume=resume is not None, ranks=ranks)
+        distributed.all_done(ranks)  # while rank 0 writes the run folder
         return None
     if resume is None:
         folder = claim_run_dir(out, cfg.name, into=into)
@@ -276,6 +277,7 @@ def _train_in_folder(cfg, out, callbacks, resume, on_folder, device, ranks, into
     with open(folder / "run.log", "a", encoding="utf-8") as log:
         log.write(f"finished: test accuracy {summary['test_accuracy']:.4f}, best val {summary['best_val_accuracy']}, "
                   f"{summary['train_seconds']:.1f} s of training\n")
+    distributed.all_done(ranks)
     return TrainingRun(folder, cfg, summary)
 
 
