@@ -56,17 +56,19 @@ def sync():
         torch.cuda.synchronize()
 
 
+def timed(fn) -> float:
+    """Seconds one call of fn takes (the device synchronised before and after)."""
+    sync()
+    start = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - start
+
+
 def median_seconds(fn, repeats: int, warmup: int = 2) -> float:
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(timed(fn) for _ in range(repeats))
 
 
 def paired_median_seconds(fn_a, fn_b, repeats: int, warmup: int = 2, min_seconds: float = 3.0,
@@ -78,20 +80,11 @@ def paired_median_seconds(fn_a, fn_b, repeats: int, warmup: int = 2, min_seconds
     times: tuple[list, list] = ([], [])
     per_turn = []
     for fn in fns:
-        for _ in range(warmup):
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-        per_turn.append(max(1, round(turn_seconds / max(time.perf_counter() - start, 1e-6))))
+        last = [timed(fn) for _ in range(warmup)][-1]
+        per_turn.append(max(1, round(turn_seconds / max(last, 1e-6))))
     while min(len(t) for t in times) < repeats or sum(map(sum, times)) < min_seconds:
         for fn, record, calls in zip(fns, times, per_turn, strict=True):
-            for _ in range(calls):
-                sync()
-                start = time.perf_counter()
-                fn()
-                sync()
-                record.append(time.perf_counter() - start)
+            record.extend(timed(fn) for _ in range(calls))
     return statistics.median(times[0]), statistics.median(times[1])
 
 

@@ -59,28 +59,33 @@ def _nonzeros(x: Tensor) -> tuple[Tensor, Tensor, Tensor, bool]:
     return rows, flat - rows * x.shape[1], values, uniform
 
 
+def _bag_by_column(rows: Tensor, cols: Tensor, values: Tensor, uniform: bool, table: Tensor, columns: int) -> Tensor:
+    """The transposed gather: sum of values[k] * table[rows[k]] per column cols[k] (weight gradients)."""
+    order = torch.argsort(cols, stable=True)
+    return _bag(rows[order], table, _offsets(cols[order], columns), values if uniform else values[order], uniform)
+
+
 class _SpikeLinear(torch.autograd.Function):
     """F.linear(x, weight, bias) for x (N, in) computed from changes = x - reference: reference is None or
     (batch, in) with N = steps * batch rows in time-major order."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, changes, reference):
-        inputs = changes.shape[1]
         table = weight.t().contiguous()
         rows, cols, values, uniform = _nonzeros(changes)
         out = _bag(cols, table, _offsets(rows, changes.shape[0]), values, uniform)
-        held = None
+        held, held_uniform = (), True
         if reference is not None:  # the majority values' share, the same at every step: gathered once
-            held = _nonzeros(reference)
-            base = _bag(held[1], table, _offsets(held[0], reference.shape[0]), held[2], held[3])
+            *held, held_uniform = _nonzeros(reference)
+            base = _bag(held[1], table, _offsets(held[0], reference.shape[0]), held[2], held_uniform)
             if bias is not None:
                 base.add_(bias)
             out.view(-1, *base.shape).add_(base)
-            held = held[:3]
         elif bias is not None:
             out.add_(bias)
-        ctx.save_for_backward(rows, cols, values, weight, *(held or ()))
-        ctx.inputs, ctx.uniform, ctx.batch = inputs, uniform, None if reference is None else reference.shape[0]
+        ctx.save_for_backward(rows, cols, values, weight, *held)
+        ctx.inputs, ctx.uniform, ctx.held_uniform = changes.shape[1], uniform, held_uniform
+        ctx.batch = None if reference is None else reference.shape[0]
         return out
 
     @staticmethod
@@ -92,14 +97,9 @@ class _SpikeLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = grad @ weight
         if ctx.needs_input_grad[1]:
-            order = torch.argsort(cols, stable=True)
-            by_input = _bag(rows[order], grad.contiguous(), _offsets(cols[order], ctx.inputs),
-                            values if ctx.uniform else values[order], ctx.uniform)
+            by_input = _bag_by_column(rows, cols, values, ctx.uniform, grad.contiguous(), ctx.inputs)
             if held:  # dW[:, i] += sum over the images b holding input i on of r[b, i] * over_time[b]
-                ref_rows, ref_cols, ref_values = held
-                order = torch.argsort(ref_cols, stable=True)
-                by_input += _bag(ref_rows[order], over_time, _offsets(ref_cols[order], ctx.inputs),
-                                 ref_values[order], False)
+                by_input += _bag_by_column(*held, ctx.held_uniform, over_time, ctx.inputs)
             grad_w = by_input.t().contiguous()
         if ctx.needs_input_grad[2]:
             grad_b = (over_time if over_time is not None else grad).sum(0)

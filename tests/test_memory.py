@@ -1,5 +1,6 @@
 """snnrun.memory: freed batch-sized blocks are reused instead of page-faulted in again."""
 
+import os
 import subprocess
 import sys
 
@@ -23,8 +24,6 @@ print(max(faults[-4:]))
 
 
 def probe(mode: str, **env) -> tuple[bool, int]:
-    import os
-
     environ = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")} | env
     out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True,
                          env=environ).stdout.split()
