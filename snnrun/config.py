@@ -276,18 +276,24 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
+def parse_override(item: str, option: str = "--set") -> tuple[str, Any]:
+    """`KEY=VALUE` as (dotted key, value parsed as YAML; text that is not YAML stays a string)."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"{item!r} is not KEY=VALUE (e.g. --set neuron.beta=0.9)", source=option)
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text  # not valid YAML: take it as the literal string, the schema decides
+    return key, value
+
+
 def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
     """Apply `KEY=VALUE` overrides (dotted keys, values parsed as YAML) to a copy of `data`."""
     data = _copy(data) if data else {}
     for item in overrides:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key or any(not part for part in key.split(".")):
-            raise ConfigError(f"{item!r} is not KEY=VALUE (e.g. --set neuron.beta=0.9)", source="--set")
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
-            value = text  # not valid YAML: take it as the literal string, the schema decides
+        key, value = parse_override(item)
         node = data
         parts = key.split(".")
         for depth, part in enumerate(parts[:-1]):
@@ -299,6 +305,50 @@ def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
             node = child
         node[parts[-1]] = value
     return data
+
+
+@dataclasses.dataclass(frozen=True)
+class KindKey:
+    """A section whose keys depend on one of its values (`neuron.model`, `stimulus.kind`, `encoding.kind`)."""
+
+    section: str  # dotted path of the section
+    key: str  # the key that chooses the kind
+    default: str  # the kind when the section does not say
+    keeps: tuple[str, ...] = ()  # keys that mean the same for every kind and survive a switch
+
+
+def switch_kinds(data: dict, overrides: Iterable[str], kinds: Iterable[KindKey], source: str | None
+                 ) -> tuple[dict, list[str]]:
+    """The file's data with every section whose kind the command line changes started afresh, as Hydra's config
+    groups do: the new kind's defaults, then whatever the command line gives. Returns the data and one note per
+    switch, naming the keys of the file that were dropped."""
+    data = _copy(data) if data else {}
+    notes = []
+    given = dict(parse_override(item) for item in overrides)
+    for kind in kinds:
+        new = given.get(f"{kind.section}.{kind.key}")
+        parent, name = _node(data, kind.section)
+        section = parent.get(name) if parent is not None else None
+        if not isinstance(new, str) or not isinstance(section, dict):
+            continue
+        old = section.get(kind.key, kind.default)
+        if new == old:
+            continue
+        parent[name] = {k: v for k, v in section.items() if k in kind.keeps}
+        dropped = [k for k in section if k not in kind.keeps and k != kind.key]
+        where = f" from {source}" if source else ""
+        notes.append(f"{kind.section}.{kind.key}: {old} -> {new} (command line): {kind.section} starts from the "
+                     f"defaults of {new}" + (f"; dropped{where}: {', '.join(dropped)}" if dropped else ""))
+    return data, notes
+
+
+def _node(data: dict, path: str) -> tuple[dict | None, str]:
+    """The mapping holding the last part of a dotted path, and that part (None where the path is missing)."""
+    *heads, last = path.split(".")
+    node: Any = data
+    for head in heads:
+        node = node.get(head) if isinstance(node, dict) else None
+    return (node if isinstance(node, dict) else None), last
 
 
 def dump_yaml(data: Any) -> str:

@@ -11,6 +11,12 @@ from snnrun.simulation import NEURONS, SimulationConfig
 from snnrun.stimulus import STIMULI
 from snnrun.training import DataConfig, EncodingConfig, SubsetConfig, TrainConfig, TrainSettings
 
+UNIT_NOTE = ("The stimulus defaults below are for the unitless models. With a `lif` neuron, a current is in nA and the "
+             "defaults that carry units are fitted to the neuron (its rheobase `(v_thresh_mv - v_rest_mv) / r_mohm`): "
+             "a step of 4/3 of the rheobase, a ramp to twice it, piecewise values 0, 1/2, 4/3 and 2 times it, a sine "
+             "of bias 1 and amplitude 1/2 of it, a poisson input whose mean is twice it, and pulses that each lift the "
+             "membrane 1.5 times the threshold's distance from rest (or reset) within their width. The run log lists "
+             "the values used. Timings stay in steps.")
 HEADER = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
 
 
@@ -22,6 +28,7 @@ def simulation_reference() -> str:
     parts = _table("Top level", SimulationConfig)
     for model, cls in NEURONS.items():
         parts += _table(f"`neuron` with `model: {model}`", cls, "neuron.")
+    parts += [UNIT_NOTE, ""]
     for kind, cls in STIMULI.items():
         parts += _table(f"`stimulus` with `kind: {kind}`", cls, "stimulus.", " ".join((cls.__doc__ or "").split()))
     return "\n".join(parts).rstrip() + "\n"

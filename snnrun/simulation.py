@@ -7,6 +7,7 @@ metrics and writes nothing.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -14,8 +15,8 @@ import numpy as np
 import torch
 
 from snnrun import neurons
-from snnrun.config import ConfigError, choice, field, integer, number, parse, per_neuron_values
-from snnrun.metrics import spike_train_metrics
+from snnrun.config import ConfigError, KindKey, choice, field, integer, number, parse, per_neuron_values
+from snnrun.metrics import event_metrics
 from snnrun.stimulus import parse_stimulus
 
 Tensor = torch.Tensor
@@ -69,8 +70,9 @@ class LeakyNeuron:
     def parameters(self, device, dtype) -> neurons.LeakyParameters:
         if self.beta is not None:
             beta = _values(self.beta, device, dtype)
-        else:
-            beta = torch.exp(-self.dt / _values(self.tau, device, dtype))
+        else:  # a Python float stays one (math.exp); a per-neuron tensor takes torch.exp
+            tau = _values(self.tau, device, dtype)
+            beta = torch.exp(-self.dt / tau) if isinstance(tau, Tensor) else math.exp(-self.dt / tau)
         return neurons.LeakyParameters(beta, _values(self.threshold, device, dtype), self.reset)
 
     def clock(self) -> Clock:
@@ -81,7 +83,8 @@ class LeakyNeuron:
 class LapicqueNeuron:
     model: str = choice("lapicque", MODEL_NAMES, "neuron model (chooses the keys below)")
     R: float | list = number(5.0, "resistance", minimum=0, exclusive_minimum=True, per_neuron=True)
-    C: float | list = number(1e-3, "capacitance", minimum=0, exclusive_minimum=True, per_neuron=True)
+    C: float | list | None = number(None, "capacitance (default 1e-3; or give beta)", minimum=0,
+                                    exclusive_minimum=True, per_neuron=True, nullable=True)
     time_step: float = number(1e-3, "step length in seconds (forward Euler)", minimum=0, exclusive_minimum=True)
     beta: float | None = number(None, "instead of C: C = time_step/(R*ln(1/beta)), as snnTorch derives it",
                                 minimum=0, maximum=1, exclusive_minimum=True, nullable=True)
@@ -93,6 +96,11 @@ class LapicqueNeuron:
         if self.beta is not None and self.beta >= 1:
             raise ConfigError(f"{self.beta} is not allowed; expected a number in (0, 1)", source=source,
                               key=f"{path}.beta")
+        if self.beta is not None and self.C is not None:
+            raise ConfigError("give C, or beta (C = time_step/(R*ln(1/beta))), not both", source=source,
+                              key=f"{path}.beta", related=(f"{path}.C",))
+        if self.beta is None and self.C is None:
+            object.__setattr__(self, "C", 1e-3)
 
     def parameters(self, device, dtype) -> neurons.LapicqueParameters:
         R = _values(self.R, device, dtype)
@@ -209,9 +217,75 @@ class SimulationConfig:
                               f"({self.time_steps})", source=source, key="stimulus.steps", related=("time_steps",))
 
 
-def parse_simulation(data: dict, source: str | None) -> SimulationConfig:
+KIND_KEYS = (KindKey("neuron", "model", "leaky"), KindKey("stimulus", "kind", "step"))
+
+
+def parse_simulation(data: dict, source: str | None, notes: list[str] | None = None) -> SimulationConfig:
+    """The simulation config; `notes` (if given) is told of stimulus defaults fitted to the neuron's units."""
+    holder: dict = {}
+
+    def neuron_section(section, key, where):
+        holder["neuron"] = parse_neuron(section, key, where)
+        return holder["neuron"]
+
+    def stimulus_section(section, key, where):
+        neuron = holder.get("neuron")
+        if isinstance(neuron, LIFNeuron) and (section is None or isinstance(section, dict)):
+            section = section or {}
+            fitted = {k: v for k, v in physical_stimulus_defaults(section.get("kind", "step"), neuron,
+                                                                  section).items() if k not in section}
+            if fitted and notes is not None:
+                notes.append(f"{key}: defaults in nA fitted to the lif neuron (rheobase "
+                             f"{_rheobase(neuron):.3g} nA): " + ", ".join(f"{k} {v}" for k, v in fitted.items()))
+            section = {**section, **fitted}
+        return parse_stimulus(section, key, where)
+
     return parse(SimulationConfig, data, source=source,
-                 sections={"neuron": parse_neuron, "stimulus": parse_stimulus})
+                 sections={"neuron": neuron_section, "stimulus": stimulus_section})
+
+
+def _first(value) -> float:
+    return float(value[0] if isinstance(value, list) else value)
+
+
+def _rheobase(neuron: LIFNeuron) -> float:
+    """The smallest constant current (nA) that makes the neuron fire: (v_thresh - v_rest) / R."""
+    return (_first(neuron.v_thresh_mv) - _first(neuron.v_rest_mv)) / _first(neuron.r_mohm)
+
+
+def physical_stimulus_defaults(kind: str, neuron: LIFNeuron, given: dict) -> dict:
+    """Stimulus amplitudes in nA that drive a `lif` neuron (its first neuron's parameters) as the unitless
+    defaults drive the discrete models: a step above the rheobase, pulses that each cross the threshold, and
+    so on. Timings stay in steps."""
+    rheobase = _rheobase(neuron)
+    if kind == "pulse":  # one pulse of `width` steps lifts the membrane 1.5x the threshold's distance from
+        width = given.get("width", 1)  # rest or from reset, whichever is larger
+        width = width if isinstance(width, int) and width >= 1 else 1
+        rise = 1 - math.exp(-width * neuron.dt_ms / _first(neuron.tau_ms))
+        gap = _first(neuron.v_thresh_mv) - min(_first(neuron.v_rest_mv), _first(neuron.v_reset_mv))
+        return {"amplitude": _round(1.5 * gap / _first(neuron.r_mohm) / rise)}
+    table = {
+        "step": {"amplitude": 4 / 3 * rheobase},
+        "ramp": {"amplitude": 2 * rheobase},
+        "piecewise": {"values": [0.0, 0.5 * rheobase, rheobase * 4 / 3, 2 * rheobase]},
+        "sine": {"bias": rheobase, "amplitude": 0.5 * rheobase},
+        "poisson": {"amplitude": 2 * rheobase / _probability(given.get("p", 0.1))},
+    }
+    fitted = table.get(kind, {})
+    return {k: [_round(x) for x in v] if isinstance(v, list) else _round(v) for k, v in fitted.items()}
+
+
+def _probability(value) -> float:
+    """The poisson section's p as a number for fitting the amplitude (the schema checks p itself later)."""
+    try:
+        p = _first(value)
+    except (TypeError, ValueError, IndexError):
+        return 0.1
+    return p if 0 < p <= 1 else 0.1
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.3g}")
 
 
 # --------------------------------------------------------------------------- running
@@ -219,22 +293,92 @@ def parse_simulation(data: dict, source: str | None) -> SimulationConfig:
 
 @dataclass
 class SimulationResult:
-    """Traces of the recorded neurons (time x recorded) and metrics of all neurons."""
+    """Traces of the recorded neurons (time x recorded), spikes of all neurons as events, and metrics of all
+    neurons.
+
+    Spikes are kept as Brian2's SpikeMonitor keeps them: one (step, neuron) pair per spike, in time order, so a
+    large population over many steps costs memory in proportion to its spikes, not to neurons x steps."""
 
     time: np.ndarray
     current: np.ndarray
     membrane: np.ndarray
-    spikes: np.ndarray
+    spike_steps: np.ndarray  # step of each spike, ascending
+    spike_neurons: np.ndarray  # neuron of each spike
     threshold: np.ndarray  # per recorded neuron
     amplitude: np.ndarray | None  # per neuron, when the stimulus amplitude differs between neurons
     clock: Clock
     metrics: dict
     seconds: float = 0.0
+    synaptic: np.ndarray | None = None  # synaptic current (time x recorded) of the synaptic model
+
+    @property
+    def recorded(self) -> int:
+        return self.membrane.shape[1]
+
+    @property
+    def spikes(self) -> np.ndarray:
+        """The recorded neurons' spikes as a dense boolean (time x recorded) array."""
+        dense = np.zeros((len(self.time), self.recorded), dtype=bool)
+        keep = self.spike_neurons < self.recorded
+        dense[self.spike_steps[keep], self.spike_neurons[keep]] = True
+        return dense
+
+
+CHUNK_BYTES = 64 * 2**20  # spikes (and per-neuron currents) of one chunk of steps stay below this
+METRIC_BYTES_PER_NEURON = 400  # six per-neuron statistics as Python lists, then as JSON text
+
+
+def chunk_steps_for(neurons: int, limit: int = 256) -> int:
+    """Steps simulated per chunk: at most `limit`, fewer for large populations (a chunk's buffers stay small)."""
+    return max(1, min(limit, CHUNK_BYTES // max(neurons, 1)))
+
+
+def memory_estimate(cfg: SimulationConfig) -> dict[str, int]:
+    """Bytes a simulation holds at its peak, by part, before the spikes (which are counted as they come)."""
+    size = torch.empty((), dtype=DTYPES[cfg.dtype]).element_size()
+    n, steps = cfg.neurons, cfg.time_steps
+    recorded = min(n, cfg.record_neurons)
+    traces = 3 if cfg.neuron.model == "synaptic" else 2  # membrane, current (, synaptic current)
+    chunk = chunk_steps_for(n)
+    return {
+        "traces": steps * (recorded * size * traces + 8),
+        "state": n * size * 8,  # state, scratch and the temporaries of one step
+        "chunk": chunk * n * (1 + 2 * size),  # a chunk's spikes, current and random draws
+        "metrics": n * METRIC_BYTES_PER_NEURON,
+    }
+
+
+def check_memory(cfg: SimulationConfig, available: int | None, source: str | None = None) -> None:
+    """A ConfigError, before any work, when the simulation would need more memory than is `available`."""
+    if available is None:
+        return
+    parts = memory_estimate(cfg)
+    needed = sum(parts.values())
+    if needed <= available:
+        return
+    recorded = min(cfg.neurons, cfg.record_neurons)
+    if parts["traces"] >= max(parts.values()):
+        what = (f"the traces of {recorded:,} recorded neuron(s) over {cfg.time_steps:,} steps take "
+                f"{_gb(parts['traces'])}")
+        key, related, advice = "time_steps", ("record_neurons",), "reduce record_neurons or time_steps"
+    else:
+        what = f"{cfg.neurons:,} neurons' state and statistics take {_gb(needed - parts['traces'])}"
+        key, related, advice = "neurons", (), "reduce neurons"
+    raise ConfigError(f"this simulation needs about {_gb(needed)} of memory, more than the {_gb(available)} "
+                      f"available ({what}); {advice}", source=source, key=key, related=related)
+
+
+def _gb(size: float) -> str:
+    return f"{size / 2**30:.3g} GB" if size >= 2**30 else f"{size / 2**20:.3g} MB"
 
 
 def simulate(cfg: SimulationConfig, device: torch.device | str = "cpu",
-             progress: Callable[[int], None] | None = None, chunk_steps: int = 256) -> SimulationResult:
-    """Run the population for `cfg.time_steps` steps; `progress(n)` is told of every n steps done."""
+             progress: Callable[[int], None] | None = None, chunk_steps: int | None = None,
+             spike_memory: int | None = None) -> SimulationResult:
+    """Run the population for `cfg.time_steps` steps; `progress(n)` is told of every n steps done.
+
+    Spikes are gathered chunk by chunk as (step, neuron) events; past `spike_memory` bytes of them the run stops
+    with a ConfigError that says what to reduce."""
     import time
 
     device = torch.device(device)
@@ -243,6 +387,7 @@ def simulate(cfg: SimulationConfig, device: torch.device | str = "cpu",
     params = cfg.neuron.parameters(device, dtype)
     n, steps = cfg.neurons, cfg.time_steps
     recorded = min(n, cfg.record_neurons)
+    chunk = chunk_steps or chunk_steps_for(n)
 
     initial = cfg.neuron.initial_membrane
     if initial is None:  # lif: start at rest
@@ -253,9 +398,15 @@ def simulate(cfg: SimulationConfig, device: torch.device | str = "cpu",
     seed = getattr(cfg.stimulus, "seed", None)
     generator.manual_seed(cfg.seed if seed is None else seed)
 
-    spikes_all = torch.zeros((steps, n), dtype=torch.bool, device=device)
+    spike_buffer = torch.empty((chunk, n), dtype=torch.bool, device=device)
     membrane_rec = torch.empty((steps, recorded), dtype=dtype, device=device)
     current_rec = torch.empty((steps, recorded), dtype=dtype, device=device)
+    synaptic_rec = torch.empty((steps, recorded), dtype=dtype, device=device) \
+        if cfg.neuron.model == "synaptic" else None
+    index_dtype = torch.int32 if max(n, steps) < 2**31 else torch.int64
+    event_bytes = 2 * torch.empty((), dtype=index_dtype).element_size()
+    events: list[Tensor] = []
+    total_events = 0
 
     # lif with one value per parameter runs the in-place scan; everything else the step function
     scan = cfg.neuron.model == "lif" and not any(
@@ -263,25 +414,39 @@ def simulate(cfg: SimulationConfig, device: torch.device | str = "cpu",
                                                                "r_mohm"))
     started = time.perf_counter()
     with torch.no_grad():
-        for start in range(0, steps, chunk_steps):
-            stop = min(start + chunk_steps, steps)
+        for start in range(0, steps, chunk):
+            stop = min(start + chunk, steps)
             current = cfg.stimulus.current(start, stop, n, steps, device, dtype, generator)
             current_rec[start:stop] = current[:, :recorded]
+            fired = spike_buffer[:stop - start]
             if scan:
-                state = neurons.lif_scan(current, state, params, spikes_all[start:stop], membrane_rec[start:stop])
+                state = neurons.lif_scan(current, state, params, fired, membrane_rec[start:stop])
             else:
                 for i in range(stop - start):
                     spikes, state = model.step(current[i], state, params)
-                    spikes_all[start + i] = spikes > 0
+                    fired[i] = spikes > 0
                     membrane_rec[start + i] = state.membrane[:recorded]
+                    if synaptic_rec is not None:
+                        synaptic_rec[start + i] = state.synaptic_current[:recorded]
+            found = fired.nonzero().to(index_dtype)  # (spikes, 2): step within the chunk, neuron; in time order
+            if len(found):
+                found[:, 0] += start
+                events.append(found)
+                total_events += len(found)
+                if spike_memory is not None and total_events * event_bytes > spike_memory:
+                    raise ConfigError(
+                        f"the spikes outgrew the memory left for them: {total_events:,} spikes "
+                        f"({_gb(total_events * event_bytes)}) by step {stop:,} of {steps:,}; reduce time_steps or "
+                        "neurons (or the input that drives them)", key="time_steps", related=("neurons",))
             if progress is not None:
                 progress(stop - start)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - started
 
+    pairs = torch.cat(events) if events else torch.zeros((0, 2), dtype=index_dtype, device=device)
     clock = cfg.neuron.clock()
-    metrics = spike_train_metrics(spikes_all, clock.dt, clock.unit)
+    metrics = event_metrics(pairs[:, 0], pairs[:, 1], steps, n, clock.dt, clock.unit)
     threshold = model.threshold(params)
     threshold = torch.as_tensor(threshold, dtype=dtype).expand(n)[:recorded].cpu().numpy()
     amplitude = getattr(cfg.stimulus, "amplitude", None)
@@ -289,10 +454,12 @@ def simulate(cfg: SimulationConfig, device: torch.device | str = "cpu",
         time=np.arange(steps) * clock.dt,
         current=current_rec.cpu().numpy(),
         membrane=membrane_rec.cpu().numpy(),
-        spikes=spikes_all[:, :recorded].cpu().numpy(),
+        spike_steps=pairs[:, 0].cpu().numpy(),
+        spike_neurons=pairs[:, 1].cpu().numpy(),
         threshold=threshold,
         amplitude=np.asarray(amplitude, dtype=float) if isinstance(amplitude, list) else None,
         clock=clock,
         metrics=metrics,
         seconds=seconds,
+        synaptic=synaptic_rec.cpu().numpy() if synaptic_rec is not None else None,
     )

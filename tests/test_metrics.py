@@ -33,3 +33,19 @@ def test_regular_train_has_zero_cv_and_rate_per_step_without_units():
     assert m["per_neuron"]["firing_rate"] == [0.5]
     assert m["per_neuron"]["isi_cv"] == [pytest.approx(0.0)]
     assert m["units"]["firing_rate"] == "spikes/step"
+
+
+def test_regular_train_cv_is_exactly_zero_whatever_the_step_length():
+    # 0.1 ms steps and 140 equal intervals: a one-pass variance (E[x^2] - E[x]^2) left 3.7e-08 here
+    m = spike_train_metrics(spikes_at(1000, [list(range(3, 1000, 7))]), dt=0.1, unit="ms")
+    assert m["per_neuron"]["isi_cv"] == [0.0]
+    assert m["per_neuron"]["mean_isi"][0] == pytest.approx(0.7)
+
+
+def test_event_metrics_equal_the_dense_ones():
+    from snnrun.metrics import event_metrics
+
+    g = torch.Generator().manual_seed(0)
+    dense = torch.rand((300, 40), generator=g) < 0.05
+    steps, neurons = dense.nonzero(as_tuple=True)
+    assert event_metrics(steps.int(), neurons.int(), 300, 40, 1.0, "step") == spike_train_metrics(dense, 1.0, "step")
