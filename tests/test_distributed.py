@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ SMOKE = str(ROOT / "configs" / "smoke.yaml")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on a 2-core machine: one thread each
 
 
-def snnrun(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def snnrun(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:  # timeouts only guard against hangs
     return subprocess.run([sys.executable, "-m", "snnrun", *args], capture_output=True, text=True, cwd=ROOT,
                           env=ENV, timeout=timeout)
 
@@ -76,20 +75,9 @@ def test_torchrun_itself_starts_the_same_training(tmp_path):
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                              "-m", "snnrun", "train", SMOKE, "--device", "cpu", "--out", str(tmp_path),
                              "--set", "train.subset.train=640"], capture_output=True, text=True, cwd=ROOT, env=ENV,
-                            timeout=300)
+                            timeout=900)
     summary = json.loads((run_folder(result) / "summary.json").read_text())
     assert summary["processes"] == 2 and len(set(summary["weights_sha256"])) == 1
-
-
-def _wait_for(path_glob: str, parent: Path, proc: subprocess.Popen, timeout: float = 240) -> Path:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = list(parent.glob(path_glob))
-        if found:
-            return found[0]
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        time.sleep(0.05)
-    raise AssertionError(f"{path_glob} did not appear")
 
 
 def _workers(launcher: int) -> dict[int, int]:
@@ -121,20 +109,25 @@ def _gone(pids) -> bool:
     return True
 
 
-def _start(out: Path, epochs: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "snnrun", "train", SMOKE, "--nproc", "2", "--device", "cpu",
-                             "--out", str(out), "--set", f"train.epochs={epochs}"], cwd=ROOT, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+def _start(out: Path, epochs: int, hold) -> tuple[subprocess.Popen, Path]:
+    """`train --nproc 2`, rank 0 held just after writing its first last.pt (the end of epoch 1) until its stop
+    flag is set (rank 1 then waits for it in the next batch); (the launcher, that last.pt)."""
+    proc = subprocess.Popen([sys.executable, "-m", "snnrun", "train", SMOKE, "--nproc", "2", "--device", "cpu",
+                             "--out", str(out), "--set", f"train.epochs={epochs}"], cwd=ROOT,
+                            env=hold.env("checkpoint:1", ENV), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    hold.wait(proc)
+    (last,) = out.glob("*/checkpoints/last.pt")
+    return proc, last
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker processes through /proc")
-def test_ctrl_c_stops_every_rank_and_one_process_resumes(tmp_path):
-    proc = _start(tmp_path, epochs=4)
-    last = _wait_for("*/checkpoints/last.pt", tmp_path, proc)  # written at the end of epoch 1
+def test_ctrl_c_stops_every_rank_and_one_process_resumes(tmp_path, hold):
+    proc, last = _start(tmp_path / "out", epochs=4, hold=hold)
     workers = _workers(proc.pid)
     assert sorted(workers) == [0, 1]
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the launcher and every rank
-    _, stderr = proc.communicate(timeout=120)
+    _, stderr = proc.communicate(timeout=900)  # (only against a hang)
     assert proc.returncode == 130, stderr[-3000:]
     assert _gone(workers.values())  # no rank left behind
     assert "Traceback" not in stderr
@@ -149,12 +142,11 @@ def test_ctrl_c_stops_every_rank_and_one_process_resumes(tmp_path):
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker processes through /proc")
-def test_a_crashed_rank_brings_the_others_down(tmp_path):
-    proc = _start(tmp_path, epochs=50)
-    last = _wait_for("*/checkpoints/last.pt", tmp_path, proc)
+def test_a_crashed_rank_brings_the_others_down(tmp_path, hold):
+    proc, last = _start(tmp_path / "out", epochs=4, hold=hold)
     workers = _workers(proc.pid)
     os.kill(workers[1], signal.SIGKILL)
-    _, stderr = proc.communicate(timeout=120)
+    _, stderr = proc.communicate(timeout=900)  # (only against a hang)
     assert proc.returncode not in (0, 130), stderr[-3000:]
     assert _gone(workers.values())
     assert "process 1 of 2 was killed by signal 9" in stderr

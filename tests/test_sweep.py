@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -89,7 +88,7 @@ def test_simulate_sweep_writes_members_csv_and_heat_map_and_resume_runs_only_wha
     config.write_text(TINY_SIMULATION + "sweep:\n  grid:\n    neuron.tau_ms: [5.0, 20.0]\n")
     result = subprocess.run([sys.executable, "-m", "snnrun", "sweep", str(config), "--out", str(tmp_path / "out"),
                              "--grid", "neuron.v_thresh_mv=[-55, -45]", "--parallel", "2"],
-                            capture_output=True, text=True, env=ENV, timeout=300)
+                            capture_output=True, text=True, env=ENV, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     folder = Path(result.stdout.strip().splitlines()[-1])
     rows = list(csv.DictReader((folder / "sweep.csv").open()))
@@ -117,26 +116,25 @@ def test_simulate_sweep_writes_members_csv_and_heat_map_and_resume_runs_only_wha
         path.rmdir() if path.is_dir() else path.unlink()
     lost.rmdir()
     again = subprocess.run([sys.executable, "-m", "snnrun", "sweep", "--resume", str(folder)],
-                           capture_output=True, text=True, env=ENV, timeout=300)
+                           capture_output=True, text=True, env=ENV, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.count("done before") == 3 and (lost / "metrics.json").is_file()
     assert kept.stat().st_mtime_ns == stamp  # finished members are never run again
 
 
 @pytest.mark.skipif(not available(ROOT / "data"), reason="MNIST not prepared: run `make data`")
-def test_train_sweep_stopped_mid_member_resumes_that_member_from_its_checkpoint(tmp_path):
+def test_train_sweep_stopped_mid_member_resumes_that_member_from_its_checkpoint(tmp_path, hold):
     out = tmp_path / "out"
     start = [sys.executable, "-m", "snnrun", "sweep", "configs/smoke.yaml", "--out", str(out), "--device", "cpu",
              "--set", "train.epochs=3", "--set", "model.hidden=[32]", "--set", "train.subset.train=3000",
              "--grid", "train.seed=[0, 1]"]
-    proc = subprocess.Popen(start, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    while not list(out.glob("*/000_seed=0/checkpoints/last.pt")):
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    # the first member is held in the 5th batch of its epoch 2 (of 3) until the Ctrl-C reaches it
+    proc = subprocess.Popen(start, cwd=ROOT, env=hold.env("batch:1:5", ENV), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    hold.wait(proc)
+    assert list(out.glob("*/000_seed=0/checkpoints/last.pt"))  # held inside the first member
     proc.send_signal(signal.SIGINT)  # Ctrl-C: the sweep asks its running member to stop after its batch
-    stdout, stderr = proc.communicate(timeout=120)
+    stdout, stderr = proc.communicate(timeout=900)  # (timeouts here only guard against a hang)
     assert proc.returncode == 130, stderr[-3000:]
     folder = Path(stdout.strip().splitlines()[-1])
     member = folder / "000_seed=0"
@@ -145,7 +143,7 @@ def test_train_sweep_stopped_mid_member_resumes_that_member_from_its_checkpoint(
     assert not (folder / "001_seed=1").exists()
 
     result = subprocess.run([sys.executable, "-m", "snnrun", "sweep", "--resume", str(folder)], cwd=ROOT, env=ENV,
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed on" in (member / "run.log").read_text()  # continued from its checkpoint, not started over
     rows = list(csv.DictReader((folder / "sweep.csv").open()))

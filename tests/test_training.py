@@ -112,7 +112,7 @@ def test_interrupted_then_resumed_run_ends_like_an_uninterrupted_one(tmp_path, o
 def test_missing_mnist_is_a_clear_error_with_exit_2(in_tmp):
     result = runner.invoke(app, ["train", "configs/smoke.yaml", "--set", "data.root=nowhere", "--device", "cpu"])
     assert result.exit_code == 2
-    assert "make data" in result.output and not Path("outputs").exists()
+    assert "snnrun data --root nowhere" in result.output and not Path("outputs").exists()
 
 
 def test_bad_train_config_names_the_key(in_tmp):
@@ -220,35 +220,34 @@ def test_shift_moves_each_image_by_up_to_the_maximum():
 
 
 @needs_mnist
-def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(in_tmp):
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(in_tmp, hold):
     import os
     import signal
     import subprocess
     import sys
-    import time
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
     args = [sys.executable, "-m", "snnrun", "train", "configs/smoke.yaml", "--device", "cpu",
             "--set", f"data.root={DATA}", "--set", "train.epochs=6", "--set", "train.subset.train=1000"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.time() + 120
-    while not list(Path("outputs/train").glob("*/metrics.jsonl")) and time.time() < deadline:
-        time.sleep(0.2)
+    # held in the 5th batch of epoch 2 (of 6) until the Ctrl-C comes: it stops after that batch, mid-epoch
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=hold.env("batch:1:5", env))
+    hold.wait(proc)
     proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=120)
+    stdout, stderr = proc.communicate(timeout=900)  # (timeouts here only guard against a hang)
     assert proc.returncode == 130, stderr
     folder = Path(stdout.strip().splitlines()[-1])
     assert (folder / "checkpoints" / "last.pt").is_file() and "--resume" in stderr
     assert not (folder / "summary.json").exists()
 
     done = subprocess.run([sys.executable, "-m", "snnrun", "train", "--resume", str(folder)], capture_output=True,
-                          text=True, env=env, timeout=300)
+                          text=True, env=env, timeout=900)
     assert done.returncode == 0, done.stderr
     assert Path(done.stdout.strip().splitlines()[-1]) == folder
     epochs = [json.loads(line)["epoch"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3, 4, 5, 6]
     again = subprocess.run([sys.executable, "-m", "snnrun", "train", "--resume", str(folder)], capture_output=True,
-                           text=True, env=env)
+                           text=True, env=env, timeout=900)
     assert again.returncode == 2 and "never overwritten" in again.stderr
 
 
