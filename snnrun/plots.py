@@ -1,7 +1,14 @@
-"""Figures a researcher looks at: traces, rasters, f-I curves. Each function writes one PNG."""
+"""Figures a researcher looks at: traces, rasters, f-I curves. Each function writes one PNG (or one GIF).
+
+Every figure draws a bounded number of things whatever the time steps or neurons: a line at most `MAX_POINTS`
+points (the minimum and maximum of each pixel column, so no spike peak or reset is lost), a raster at most
+`MAX_RASTER_ROWS` neurons and `MAX_MARKERS` spike marks (past that, an image of `MAX_COLUMNS` time columns),
+an animation at most `MAX_FRAMES` frames. What drawing needs beyond the arrays passed in stays that small too.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -9,14 +16,164 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display needed, works headless and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
-MAX_TRACES = 5  # membrane/current lines drawn in the three-panel figure
-MAX_RASTER_ROWS = 200
+MAX_TRACES = 5  # neurons whose current and membrane the three-panel figure shows
+MAX_RASTER_ROWS = 200  # neurons in a raster (evenly spaced over the population when it has more)
+MAX_POINTS = 2000  # points of one line: the minimum and maximum of each of ~1,000 pixel columns
+MAX_COLUMNS = 1000  # time columns of a raster (a figure is about 1,000 pixels wide)
+MAX_MARKERS = 20_000  # spikes drawn one mark each; a raster with more is drawn as an image of time columns
+MAX_FRAMES = 100  # frames of an animation, its steps spread evenly over the run
+_EVENT_CHUNK = 1 << 20  # spike events counted this many at a time
+
+
+class Stopped(Exception):
+    """A stop was asked for (Ctrl-C, SIGTERM) while a figure was being drawn; that file was not written."""
+
+
+def draw_in_turn(jobs: Sequence[tuple[str, Callable[[], object]]],
+                 should_stop: Callable[[], bool] = lambda: False) -> list[str]:
+    """Draw each (file name, draw) in turn, asking `should_stop()` before each; once it says yes, draw nothing
+    more. Returns the names not drawn (one stopped half-way, which writes nothing, included)."""
+    for i, (_, draw) in enumerate(jobs):
+        if should_stop():
+            return [name for name, _ in jobs[i:]]
+        try:
+            draw()
+        except Stopped:
+            return [name for name, _ in jobs[i:]]
+    return []
+
+
+# --------------------------------------------------------------------------- bounding what is drawn
+
+
+def envelope(x: np.ndarray, y: np.ndarray, max_points: int = MAX_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """A line of at most `max_points` points that looks like (x, y) drawn in full: the samples are cut into
+    equal runs, and each run keeps its minimum and its maximum, in their order (so every spike peak, reset and
+    trough is still drawn). Short lines come back as they are."""
+    y = np.asarray(y)
+    n = len(y)
+    if n <= max_points:
+        return np.asarray(x), y
+    runs = max(1, max_points // 2 - 1)
+    size = -(-n // runs)  # samples per run (ceil), so there are at most runs + 1 runs
+    full = n // size
+    body = y[:full * size].reshape(full, size)  # a view, also of a strided column
+    low, high = np.argmin(body, axis=1), np.argmax(body, axis=1)
+    base = np.arange(full) * size
+    index = np.stack([base + np.minimum(low, high), base + np.maximum(low, high)], axis=1).ravel()
+    if full * size < n:
+        rest = y[full * size:]
+        a, b = full * size + int(np.argmin(rest)), full * size + int(np.argmax(rest))
+        index = np.concatenate([index, [min(a, b), max(a, b)]])
+    return np.asarray(x)[index], y[index]
+
+
+def time_bucket(steps: int, columns: int = MAX_COLUMNS) -> int:
+    """Steps per drawn time column, so that `steps` make at most `columns` columns."""
+    return max(1, -(-steps // columns))
+
+
+def event_image(spike_steps: np.ndarray, spike_neurons: np.ndarray, rows: np.ndarray, steps: int,
+                columns: int = MAX_COLUMNS) -> tuple[np.ndarray, int]:
+    """Spike events (step, neuron) of the neurons `rows` (ascending ids) counted per row and time column:
+    ((len(rows), columns') counts, steps per column). Counted a chunk of events at a time, so it needs no more
+    memory than the image, however many events there are."""
+    rows = np.asarray(rows, dtype=np.int64)
+    bucket = time_bucket(steps, columns)
+    width = -(-steps // bucket)
+    counts = np.zeros(len(rows) * width, dtype=np.int64)
+    for start in range(0, len(spike_steps), _EVENT_CHUNK):
+        neuron = np.asarray(spike_neurons[start:start + _EVENT_CHUNK], dtype=np.int64)
+        step = np.asarray(spike_steps[start:start + _EVENT_CHUNK], dtype=np.int64)
+        row = np.searchsorted(rows, neuron)
+        hit = row < len(rows)
+        hit[hit] = rows[row[hit]] == neuron[hit]
+        counts += np.bincount(row[hit] * width + step[hit] // bucket, minlength=len(counts))
+    return counts.reshape(len(rows), width), bucket
+
+
+def event_marks(spike_steps: np.ndarray, spike_neurons: np.ndarray, rows: np.ndarray,
+                steps: int) -> tuple[tuple[np.ndarray, np.ndarray] | None, np.ndarray, int]:
+    """What a raster of the neurons `rows` (ascending ids) draws: ((step, row) of each spike, or None when there
+    are more than `MAX_MARKERS`), with the image of `event_image` for when there are."""
+    rows = np.asarray(rows, dtype=np.int64)
+    image, bucket = event_image(spike_steps, spike_neurons, rows, steps)
+    if image.sum() > MAX_MARKERS:
+        return None, image, bucket
+    found_steps, found_rows = [], []
+    for start in range(0, len(spike_steps), _EVENT_CHUNK):
+        neuron = np.asarray(spike_neurons[start:start + _EVENT_CHUNK], dtype=np.int64)
+        row = np.searchsorted(rows, neuron)
+        hit = row < len(rows)
+        hit[hit] = rows[row[hit]] == neuron[hit]
+        found_steps.append(np.asarray(spike_steps[start:start + _EVENT_CHUNK], dtype=np.int64)[hit])
+        found_rows.append(row[hit])
+    marks = (np.concatenate(found_steps), np.concatenate(found_rows)) if found_steps else \
+        (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    return marks, image, bucket
+
+
+def dense_marks(spikes: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray] | None, np.ndarray | None, int]:
+    """`event_marks` of a dense (time, neurons) spike array: (step, neuron) of each spike when there are at most
+    `MAX_MARKERS`, else None and the `dense_image`."""
+    if np.count_nonzero(spikes) <= MAX_MARKERS:
+        return np.nonzero(spikes), None, 1
+    image, bucket = dense_image(spikes)
+    return None, image, bucket
+
+
+def dense_image(spikes: np.ndarray, columns: int = MAX_COLUMNS) -> tuple[np.ndarray, int]:
+    """A dense (time, neurons) spike array summed per time column: ((neurons, columns') sums, steps per column)."""
+    steps = spikes.shape[0]
+    bucket = time_bucket(steps, columns)
+    if bucket == 1:
+        return np.asarray(spikes).T, 1
+    return np.add.reduceat(spikes, np.arange(0, steps, bucket), axis=0).T, bucket
+
+
+def animation_steps(steps: int, max_frames: int = MAX_FRAMES) -> np.ndarray:
+    """The steps an animation of a `steps`-step run shows: all of them, or `max_frames` spread evenly from the
+    first to the last."""
+    return np.unique(np.linspace(0, steps - 1, min(steps, max_frames)).round().astype(np.int64))
+
+
+def _rate_counts(spike_steps: np.ndarray, steps: int, bins: int) -> np.ndarray:
+    """Spikes per time bin (`bins` equal bins over `steps` steps), counted a chunk of events at a time."""
+    counts = np.zeros(bins, dtype=np.int64)
+    for start in range(0, len(spike_steps), _EVENT_CHUNK):
+        step = np.asarray(spike_steps[start:start + _EVENT_CHUNK], dtype=np.int64)
+        counts += np.bincount(step * bins // steps, minlength=bins)
+    return counts
+
+
+def _draw_raster(ax, marks, image: np.ndarray | None, bucket: int, t0: float, dt: float, marker_size: float) -> str:
+    """One mark per spike (`marks`: steps, rows), or, when there were too many, the image of time columns,
+    black where a neuron fired in that column. Says how it was drawn when not one mark per spike."""
+    if marks is not None:
+        step, row = marks
+        ax.scatter(t0 + step * dt, row, s=marker_size, marker="|", color="black", linewidths=1.0)
+        return ""
+    rows, width = image.shape
+    ax.imshow(image > 0, aspect="auto", origin="lower", cmap="gray_r", interpolation="nearest", vmin=0, vmax=1,
+              extent=(t0, t0 + width * bucket * dt, -0.5, rows - 0.5))
+    return f"too many spikes to mark one by one: black where a neuron fired within {bucket} steps"
+
+
+def _legend_outside(ax, **options) -> None:
+    """A legend in the right margin, where it covers no data."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize="small", borderaxespad=0,
+              **options)
 
 
 def _time_label(unit: str) -> str:
     return {"ms": "time (ms)", "s": "time (s)"}.get(unit, "time step")
+
+
+def _with_unit(name: str, unit: str) -> str:
+    return f"{name} ({unit})" if unit else name
 
 
 def _save(fig, path: Path) -> Path:
@@ -25,84 +182,141 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+# --------------------------------------------------------------------------- simulate
+
+
 def current_membrane_spikes(result, path: Path, title: str = "", current_unit: str = "",
                             membrane_unit: str = "") -> Path:
-    """Three panels sharing the time axis: input current, membrane with the threshold dashed, spike raster."""
-    time, unit = result.time, result.clock.unit
-    # For a population, neurons spread evenly over the recorded ones (an f-I run shows low to high drive).
-    picked = np.unique(np.linspace(0, result.membrane.shape[1] - 1, MAX_TRACES).round().astype(int))
+    """Panels sharing the time axis: input current (and the synaptic current, for the synaptic model), membrane
+    with the threshold dashed, spikes. A population shows up to `MAX_TRACES` neurons spread evenly over the
+    recorded ones (an f-I run shows low to high drive), each membrane in its own row."""
+    time, clock = result.time, result.clock
+    recorded = result.membrane.shape[1]
+    picked = np.unique(np.linspace(0, recorded - 1, MAX_TRACES).round().astype(np.int64))
     shown = len(picked)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    fig, (ax_i, ax_u, ax_s) = plt.subplots(3, 1, figsize=(9, 6.5), sharex=True,
-                                           gridspec_kw={"height_ratios": [1, 2, 0.4 + 0.25 * shown]})
+    color = [colors[row % len(colors)] for row in range(shown)]
+    rows = 1 if shown == 1 else shown
+    heights = [1.5, *([3.0] if shown == 1 else [1.0] * shown), 0.5 + 0.3 * shown]
+    fig = plt.figure(figsize=(9, sum(heights) + 0.9))
+    grid = fig.add_gridspec(len(heights), 1, height_ratios=heights, hspace=0.18)
+    ax_i = fig.add_subplot(grid[0])
+    ax_us = [fig.add_subplot(grid[1 + r], sharex=ax_i) for r in range(rows)]
+    ax_s = fig.add_subplot(grid[-1], sharex=ax_i)
+
+    synaptic = getattr(result, "synaptic", None)
     for row, k in enumerate(picked):
-        color = colors[row % len(colors)]
-        label = f"neuron {k}" if shown > 1 else None
-        ax_i.plot(time, result.current[:, k], color=color, lw=1.2, label=label, drawstyle="steps-post")
-        ax_u.plot(time, result.membrane[:, k], color=color, lw=1.2)
-    for row, thr in enumerate(np.unique(result.threshold[picked])):
-        ax_u.axhline(thr, color="black", ls="--", lw=1, label="threshold" if row == 0 else None)
-    spike_rows = [time[result.spikes[:, k]] for k in picked]
-    ax_s.eventplot(spike_rows, colors=[colors[row % len(colors)] for row in range(shown)], lineoffsets=range(shown),
-                   linelengths=0.8)
-    ax_i.set_ylabel(f"input current{f' ({current_unit})' if current_unit else ''}")
-    ax_u.set_ylabel(f"membrane{f' ({membrane_unit})' if membrane_unit else ''}")
-    ax_s.set_ylabel("spikes")
-    ax_s.set_yticks(range(shown) if shown > 1 else [], [str(k) for k in picked] if shown > 1 else [])
+        label = f"neuron {k}" if shown > 1 else ("input current" if synaptic is not None else None)
+        ax_i.plot(*envelope(time, result.current[:, k]), color=color[row], lw=1.2, label=label,
+                  drawstyle="steps-post")
+        if synaptic is not None:
+            ax_i.plot(*envelope(time, synaptic[:, k]), color=color[row], lw=1.2, ls="--",
+                      label="synaptic current" if shown == 1 else None)
+        ax_u = ax_us[row if shown > 1 else 0]
+        ax_u.plot(*envelope(time, result.membrane[:, k]), color=color[row], lw=1.2)
+        ax_u.axhline(result.threshold[k], color="black", ls="--", lw=1, label="threshold")
+        if shown > 1:
+            ax_u.set_ylabel(f"neuron {k}", fontsize="small", color=color[row])
+    if shown > 1 and synaptic is not None:
+        handles, labels = ax_i.get_legend_handles_labels()
+        handles += [Line2D([], [], color="black", lw=1.2), Line2D([], [], color="black", lw=1.2, ls="--")]
+        ax_i.legend(handles, [*labels, "input current", "synaptic current"], loc="upper left",
+                    bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize="small", borderaxespad=0)
+    elif shown > 1 or synaptic is not None:
+        _legend_outside(ax_i)
+    _legend_outside(ax_us[0])
+    ax_i.set_ylabel(_with_unit("current" if synaptic is not None else "input current", current_unit))
+    if shown == 1:
+        ax_us[0].set_ylabel(_with_unit("membrane", membrane_unit))
+    else:  # each row's label names its neuron; the quantity is said once, in the right margin beside the rows
+        middle = ax_us[len(ax_us) // 2]
+        middle.text(1.015, 0.5, _with_unit("membrane", membrane_unit), transform=middle.transAxes, rotation=270,
+                    va="center", ha="left")
+
+    steps = len(time)
+    marks, image, bucket = event_marks(result.spike_steps, result.spike_neurons, picked, steps)
+    if marks is not None:  # each spike at its own step
+        positions = [time[0] + marks[0][marks[1] == row] * clock.dt for row in range(shown)]
+    else:  # too many: one mark per time column that has spikes
+        positions = [time[0] + np.nonzero(image[row])[0] * bucket * clock.dt for row in range(shown)]
+    ax_s.eventplot(positions, colors=color, lineoffsets=np.arange(shown), linelengths=0.8)
+    ax_s.set_ylabel("spikes" if shown == 1 else "spikes\n(neuron)")
+    ax_s.set_yticks(np.arange(shown) if shown > 1 else [], [str(k) for k in picked] if shown > 1 else [])
+    for tick, tick_color in zip(ax_s.get_yticklabels(), color, strict=False):
+        tick.set_color(tick_color)  # the neuron ids, in their colours (a row with no spikes still names its neuron)
     ax_s.set_ylim(-0.6, shown - 0.4)
-    ax_s.set_xlabel(_time_label(unit))
-    ax_s.set_xlim(time[0], time[-1] + result.clock.dt)
-    ax_u.legend(loc="lower right", frameon=True, framealpha=0.9)
-    if shown > 1:
-        ax_i.legend(loc="upper left", frameon=False, ncol=shown, fontsize="small")
-    for ax in (ax_i, ax_u):
+    ax_s.set_xlabel(_time_label(clock.unit))
+    ax_s.set_xlim(time[0], time[-1] + clock.dt)
+    for ax in (ax_i, *ax_us):
         ax.grid(alpha=0.3)
-    if title:
-        ax_i.set_title(title)
-    fig.align_ylabels()
+        ax.tick_params(labelbottom=False)
+    heading = title
+    if shown < recorded:
+        heading += f"{' — ' if title else ''}{shown} of {recorded} neurons shown"
+    if marks is None:
+        heading += f"{'; ' if heading else ''}a spike mark per {bucket} steps with spikes"
+    if heading:
+        ax_i.set_title(heading)
+    fig.align_ylabels([ax_i, *ax_us, ax_s])
     return _save(fig, path)
 
 
 def raster(result, path: Path, title: str = "") -> Path:
-    """Spike raster of the recorded population with its firing rate over time below."""
-    spikes = result.spikes[:, :MAX_RASTER_ROWS]
-    steps, rows = spikes.shape
-    step_idx, neuron_idx = np.nonzero(spikes)
+    """Spike raster of the population (up to `MAX_RASTER_ROWS` neurons, evenly spaced) with the firing rate of
+    all neurons over time below."""
+    time, clock = result.time, result.clock
+    steps, neurons = len(time), int(result.metrics["population"]["neurons"])
+    if neurons <= MAX_RASTER_ROWS:
+        rows = np.arange(neurons)
+    else:
+        rows = np.unique(np.linspace(0, neurons - 1, MAX_RASTER_ROWS).round().astype(np.int64))
+    marks, image, bucket = event_marks(result.spike_steps, result.spike_neurons, rows, steps)
     fig, (ax_r, ax_p) = plt.subplots(2, 1, figsize=(9, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    ax_r.scatter(result.time[step_idx], neuron_idx, s=min(120.0, max(2.0, 3000 / max(rows, 1))), marker="|",
-                 color="black", linewidths=1.0)
+    how = _draw_raster(ax_r, marks, image, bucket, time[0], clock.dt, min(120.0, max(2.0, 3000 / max(len(rows), 1))))
     ax_r.yaxis.set_major_locator(MaxNLocator(integer=True))
+    if len(rows) < neurons:  # rows stand for every k-th neuron: the ticks name the neurons
+        ax_r.yaxis.set_major_formatter(FuncFormatter(
+            lambda value, _: str(rows[int(round(value))]) if 0 <= round(value) < len(rows) else ""))
     ax_r.set_ylabel("neuron")
-    ax_r.set_ylim(-0.5, rows - 0.5)
+    ax_r.set_ylim(-0.5, len(rows) - 0.5)
     bins = min(steps, 100)
-    counts, edges = np.histogram(result.time[step_idx], bins=bins, range=(result.time[0], result.time[-1]
-                                                                                  + result.clock.dt))
-    width = edges[1] - edges[0]
-    per_unit = counts / (rows * width)
-    if result.clock.seconds:
-        per_unit = per_unit / result.clock.seconds
+    counts = _rate_counts(result.spike_steps, steps, bins)
+    edges = np.linspace(time[0], time[-1] + clock.dt, bins + 1)
+    per_unit = counts / (neurons * (edges[1] - edges[0]))
+    if clock.seconds:
+        per_unit = per_unit / clock.seconds
     ax_p.step(edges[:-1], per_unit, where="post", color="tab:blue")
-    ax_p.set_ylabel("rate (Hz)" if result.clock.seconds else "spikes/step")
-    ax_p.set_xlabel(_time_label(result.clock.unit))
+    ax_p.set_ylabel("rate (Hz)" if clock.seconds else "spikes/step")
+    ax_p.set_xlabel(_time_label(clock.unit))
+    ax_p.set_xlim(time[0], time[-1] + clock.dt)
     ax_p.set_ylim(bottom=0)
     ax_p.grid(alpha=0.3)
-    shown = f" (first {rows} of {result.metrics['population']['neurons']})" if (
-        rows < result.metrics["population"]["neurons"]) else ""
+    notes = []
+    if len(rows) < neurons:
+        notes.append(f"{len(rows)} of {neurons:,} neurons, evenly spaced")
+    if how:
+        notes.append(how)
+    shown = f" ({'; '.join(notes)})" if notes else ""
     ax_r.set_title((title + " — " if title else "") + f"spike raster{shown}")
+    ax_p.set_title(f"population rate, all {neurons:,} neurons", fontsize="small")
     return _save(fig, path)
 
 
 def fi_curve(amplitude: np.ndarray, rate: np.ndarray, path: Path, rate_unit: str, current_unit: str = "",
              title: str = "") -> Path:
-    """Firing rate against input amplitude, one point per neuron."""
+    """Firing rate against input amplitude, one point per neuron (an envelope of them for huge populations)."""
     order = np.argsort(amplitude)
+    x, y = envelope(np.asarray(amplitude)[order], np.asarray(rate)[order])
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    ax.plot(amplitude[order], rate[order], "o-", ms=4)
-    ax.set_xlabel(f"input amplitude{f' ({current_unit})' if current_unit else ''}")
+    ax.plot(x, y, "o-" if len(x) <= 200 else "-", ms=4)
+    ax.set_xlabel(_with_unit("input amplitude", current_unit))
     ax.set_ylabel(f"firing rate ({rate_unit})")
     ax.grid(alpha=0.3)
     ax.set_title(title or "f–I curve")
     return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- train and eval
 
 
 def training_curves(history: list[dict], path: Path, title: str = "") -> Path:
@@ -118,7 +332,9 @@ def training_curves(history: list[dict], path: Path, title: str = "") -> Path:
     ax_a.set_ylabel("accuracy (%)")
     for ax in (ax_l, ax_a):
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # whole epochs, even just one
+        if len(epochs) == 1:
+            ax.set_xlim(epochs[0] - 0.5, epochs[0] + 0.5)
         ax.grid(alpha=0.3)
         ax.legend(frameon=False)
     if title:
@@ -134,8 +350,9 @@ def network_raster(layers: list[np.ndarray], names: list[str], image: np.ndarray
     for row, (spikes, name) in enumerate(zip(layers, names, strict=True)):
         ax = fig.add_subplot(grid[row, 0])
         steps, neurons = spikes.shape
-        t, n = np.nonzero(spikes > 0)
-        ax.scatter(t, n, s=4 if neurons > 50 else 30, marker="|", color="black", linewidths=0.8)
+        how = _draw_raster(ax, *dense_marks(spikes), 0, 1, 4 if neurons > 50 else 30)
+        if how:
+            ax.set_title(how, fontsize="small", loc="right")
         ax.set_xlim(-0.5, steps - 0.5)
         ax.set_ylim(-0.5, neurons - 0.5)
         ax.set_ylabel(f"{name}\n({neurons})")
@@ -153,17 +370,21 @@ def network_raster(layers: list[np.ndarray], names: list[str], image: np.ndarray
     return _save(fig, path)
 
 
-def output_membrane(membrane: np.ndarray, threshold: float, label: int, path: Path) -> Path:
+def output_membrane(membrane: np.ndarray, threshold: float, label: int, path: Path,
+                    predicted: int | None = None) -> Path:
     """The output layer's membrane traces for one digit, the true class highlighted."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
+    steps = np.arange(membrane.shape[0])
     for k in range(membrane.shape[1]):
-        ax.plot(membrane[:, k], lw=2.5 if k == label else 1, alpha=1 if k == label else 0.6,
+        ax.plot(*envelope(steps, membrane[:, k]), lw=2.5 if k == label else 1, alpha=1 if k == label else 0.6,
                 label=f"class {k}" + (" (label)" if k == label else ""))
     ax.axhline(threshold, color="black", ls="--", lw=1, label="threshold")
     ax.set_xlabel("time step")
     ax.set_ylabel("output membrane")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", ncol=2, frameon=False, loc="upper left", bbox_to_anchor=(1, 1))
+    said = f", predicted {predicted}" if predicted is not None else ""
+    ax.set_title(f"output membrane of each class for one test digit (label {label}{said})")
     return _save(fig, path)
 
 
@@ -181,41 +402,52 @@ def spike_counts(counts: np.ndarray, label: int, path: Path, title: str = "outpu
 
 
 def spike_count_animation(spikes: np.ndarray, image: np.ndarray, label: int, path: Path,
-                          title: str = "output spikes so far", seconds: float = 3.0) -> Path:
-    """An animated GIF of one digit's cumulative output spike count per class growing step by step (the
+                          title: str = "output spikes so far", seconds: float = 3.0,
+                          should_stop: Callable[[], bool] | None = None, max_frames: int = MAX_FRAMES) -> Path:
+    """An animated GIF of one digit's cumulative output spike count per class growing over the steps (the
     snnTorch tutorial's `spike_count` video), with the digit beside it. spikes: (time, classes) of 0/1 (or, for a
-    readout without output neurons, its per-step values). About `seconds` long, the last frame held two seconds
-    more; Pillow writes it, so no ffmpeg is needed."""
-    from matplotlib.animation import FuncAnimation, PillowWriter
+    readout without output neurons, its per-step values). At most `max_frames` frames, their steps spread evenly
+    over the run, each titled with its own step; about `seconds` long, the last frame held two seconds more.
+    `should_stop()` is asked before each frame: once it says yes, Stopped is raised and no file is written.
+    Pillow writes it, so no ffmpeg is needed."""
+    from PIL import Image
 
     counts = np.cumsum(np.asarray(spikes, dtype=float), axis=0)
     steps, classes = counts.shape
-    fps = int(np.clip(round(steps / seconds), 2, 25))
-    fig, (ax_img, ax) = plt.subplots(1, 2, figsize=(8, 3.8), gridspec_kw={"width_ratios": [1, 2.2]})
-    ax_img.imshow(np.asarray(image).reshape(28, 28), cmap="gray_r")
-    ax_img.set_title(f"input digit (label {label})")
-    ax_img.axis("off")
-    colors = ["tab:green" if k == label else "tab:gray" for k in range(classes)]
-    bars = ax.bar(range(classes), np.zeros(classes), color=colors)
-    ax.set_ylim(min(0.0, float(counts.min()) * 1.1), max(float(counts.max()), 1.0) * 1.1)
-    ax.set_xticks(range(classes))
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("class (label in green)")
-    ax.set_ylabel("spikes so far" if title.startswith("output spikes") else "readout so far")
-    ax.grid(alpha=0.3, axis="y")
-    heading = fig.suptitle(f"{title}: step {steps}/{steps}, leading class 0")  # widest text, for the layout
-    fig.tight_layout()
-
-    def draw(t: int):
-        for bar, height in zip(bars, counts[t], strict=True):
-            bar.set_height(height)
-        lead = "none yet" if not counts[t].any() else str(int(np.argmax(counts[t])))
-        heading.set_text(f"{title}: step {t + 1}/{steps}, leading class {lead}")
-        return [*bars, heading]
-
-    frames = [*range(steps), *[steps - 1] * (2 * fps)]  # identical frames merge into one long one in the GIF
-    FuncAnimation(fig, draw, frames=frames).save(path, writer=PillowWriter(fps=fps), dpi=80)
-    plt.close(fig)
+    shown = animation_steps(steps, max_frames)
+    fps = int(np.clip(round(len(shown) / seconds), 2, 25))
+    fig, (ax_img, ax) = plt.subplots(1, 2, figsize=(8, 3.8), dpi=80, gridspec_kw={"width_ratios": [1, 2.2]})
+    try:
+        ax_img.imshow(np.asarray(image).reshape(28, 28), cmap="gray_r")
+        ax_img.set_title(f"input digit (label {label})")
+        ax_img.axis("off")
+        colors = ["tab:green" if k == label else "tab:gray" for k in range(classes)]
+        bars = ax.bar(range(classes), np.zeros(classes), color=colors)
+        ax.set_ylim(min(0.0, float(counts.min()) * 1.1), max(float(counts.max()), 1.0) * 1.1)
+        ax.set_xticks(range(classes))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("class (label in green)")
+        ax.set_ylabel("spikes so far" if title.startswith("output spikes") else "readout so far")
+        ax.grid(alpha=0.3, axis="y")
+        heading = fig.suptitle(f"{title}: step {steps}/{steps}, leading class 0")  # widest text, for the layout
+        fig.tight_layout()
+        frames = []
+        for t in shown:
+            if should_stop is not None and should_stop():
+                raise Stopped(f"{Path(path).name}: stopped at frame {len(frames) + 1} of {len(shown)}")
+            for bar, height in zip(bars, counts[t], strict=True):
+                bar.set_height(height)
+            lead = "none yet" if not counts[t].any() else str(int(np.argmax(counts[t])))
+            heading.set_text(f"{title}: step {t + 1}/{steps}, leading class {lead}")
+            fig.canvas.draw()
+            rgba = Image.frombuffer("RGBA", fig.canvas.get_width_height(), fig.canvas.buffer_rgba(), "raw",
+                                    "RGBA", 0, 1)
+            frames.append(rgba.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE))  # a quarter the bytes
+    finally:
+        plt.close(fig)
+    duration = round(1000 / fps)
+    frames[0].save(path, format="GIF", save_all=True, append_images=frames[1:], loop=0,
+                   duration=[duration] * (len(frames) - 1) + [duration + 2000])
     return path
 
 
