@@ -11,11 +11,14 @@ import contextlib
 import csv
 import datetime as _dt
 import errno
+import functools
+import importlib.metadata
 import io
 import json
 import os
 import platform
 import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -74,7 +77,7 @@ class StagedRun:
 
     def __enter__(self) -> StagedRun:
         self.parent.mkdir(parents=True, exist_ok=True)
-        self.path = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.parent))
+        self.path = make_staging_dir(self.parent)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -89,6 +92,19 @@ class StagedRun:
             final.rmdir()
             raise
         self.final = final
+
+
+def make_staging_dir(parent: Path) -> Path:
+    """A new hidden, uniquely named folder in parent, created by mkdir and so with the permissions the umask
+    gives (as the run folder it becomes should have; tempfile.mkdtemp would make it private, drwx------)."""
+    for _ in range(10_000):
+        path = parent / f".staging-{secrets.token_hex(6)}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free staging folder name", str(parent))
 
 
 def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
@@ -160,16 +176,19 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
+# env.json's name for a library -> its distribution (package metadata: nothing is imported to read a version;
+# importing torchvision alone took 2 s, most of the default simulation's wall time)
+RECORDED_DISTRIBUTIONS = {"torchvision": "torchvision", "matplotlib": "matplotlib", "typer": "typer",
+                          "yaml": "PyYAML", "rich": "rich"}
+
+
 def environment(device: str | None = None) -> dict:
     """Library versions, machine, command line and git commit: what a reader needs to reproduce a run."""
     import numpy
-    import torch
+    import torch  # what the run used (torch.__version__ names the build, e.g. 2.14.1+cu130)
 
     versions = {"snnrun": __version__, "python": platform.python_version(), "torch": torch.__version__,
-                "numpy": numpy.__version__}
-    for module in ("torchvision", "matplotlib", "typer", "yaml", "rich"):
-        with contextlib.suppress(Exception):
-            versions[module] = getattr(__import__(module), "__version__", "unknown")
+                "numpy": numpy.__version__, **_installed_versions()}
     return {
         "command_line": [Path(sys.argv[0]).name, *sys.argv[1:]],
         "cwd": os.getcwd(),
@@ -182,6 +201,17 @@ def environment(device: str | None = None) -> dict:
         "git_commit": _git_commit(),
         "started": _dt.datetime.now().isoformat(timespec="seconds"),
     }
+
+
+@functools.cache
+def _installed_versions() -> dict[str, str]:
+    """The versions of RECORDED_DISTRIBUTIONS that are installed (looked up once a process: a sweep's worker
+    writes many runs)."""
+    versions = {}
+    for name, distribution in RECORDED_DISTRIBUTIONS.items():
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[name] = importlib.metadata.version(distribution)
+    return versions
 
 
 def _git_commit() -> str | None:
