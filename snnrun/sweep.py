@@ -7,8 +7,10 @@ A sweep folder `outputs/sweep/<YYYY-MM-DD_HH-MM-SS>_<name>/` holds
     logs/<NNN>.log       each member's console output
     sweep.csv, sweep.png the members' swept values, status and final metrics, written each time the sweep ends
 
-Members run as child processes, one after another or `parallel` at a time (each with cores/parallel threads,
-or its own GPU), so a member that fails does not take the sweep down. Stopped and started again
+Members run in child processes, one after another or `parallel` at a time (each with cores/parallel threads,
+or its own GPU), so a member that fails does not take the sweep down: a training member as its own `snnrun train`
+process, simulate members in `parallel` long-lived workers that import snnrun once and run member after member
+(a simulation takes milliseconds; a process start-up, seconds). Stopped and started again
 (`snnrun sweep --resume DIR`), a sweep skips finished members and resumes an interrupted training member from
 its checkpoint. This module plans, runs and collects; it prints nothing.
 """
@@ -22,6 +24,7 @@ import math
 import os
 import random
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -30,7 +33,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TextIO
 
 import yaml
 
@@ -274,14 +276,13 @@ def member_state(folder: Path, command: str) -> str:
 
 
 def member_command(folder: Path, plan: Plan, member: Member) -> list[str]:
-    """The child process's command line."""
+    """The member's `snnrun` arguments (a training member with a checkpoint resumes from it)."""
     target = folder / member.name
     if member_state(target, plan.command) == "resumable":
-        return [sys.executable, "-m", "snnrun", "train", "--resume", str(target)]
+        return ["train", "--resume", str(target)]
     device = ["--device", plan.device] if plan.device else []
     sets = [a for item in member.overrides for a in ("--set", item)]
-    return [sys.executable, "-m", "snnrun", plan.command, str(folder / "base.yaml"), *sets, *device,
-            "--into", str(target)]
+    return [plan.command, str(folder / "base.yaml"), *sets, *device, "--into", str(target)]
 
 
 @dataclass
@@ -292,13 +293,20 @@ class Outcome:
     seconds: float
 
 
+STATUS = {0: "done", 130: "interrupted", 143: "interrupted", 2: "error"}  # by exit code; any other: failed
+
+
 def run_members(folder: Path, plan: Plan, parallel: int, gpus: int = 0,
                 on_start: Callable[[Member], None] | None = None,
                 on_done: Callable[[Outcome], None] | None = None,
                 should_stop: Callable[[], bool] = lambda: False) -> list[Outcome]:
     """Run every member not yet done, `parallel` at a time (at most one per GPU when there are GPUs);
     when should_stop() turns true, running members are asked to stop (SIGINT: a training member saves a
-    checkpoint) and no new ones start."""
+    checkpoint) and no new ones start.
+
+    A training member runs as its own `snnrun train` process. Simulate members, which take a fraction of a
+    second, run in `parallel` long-lived worker processes (`serve`) that import snnrun once and take members one
+    after another, so that a member does not pay a process start-up (seconds: torch, matplotlib) each."""
     if gpus:
         parallel = min(parallel, gpus)
     threads = max(1, (os.cpu_count() or 1) // parallel)
@@ -313,44 +321,218 @@ def run_members(folder: Path, plan: Plan, parallel: int, gpus: int = 0,
         else:
             pending.append(member)
     (folder / "logs").mkdir(exist_ok=True)
-    running: dict[int, tuple[subprocess.Popen, Member, float, TextIO]] = {}  # by slot (a GPU's number)
+    workers: dict[int, _Worker] = {}  # simulate: by slot
+    running: dict[int, tuple[_Process | _Worker, Member, float]] = {}  # by slot (a GPU's number)
     stopping = False
-    while pending or running:
-        if not stopping and should_stop():
-            stopping = True
-            for process, *_ in running.values():
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGINT)  # its own session: only we pass the signal on
-        while pending and not stopping and len(running) < parallel:
-            slot = min(set(range(parallel)) - set(running))
-            member = pending.pop(0)
-            target = folder / member.name
-            if member_state(target, plan.command) == "new" and target.exists():
-                shutil.rmtree(target)  # stopped before its first checkpoint: nothing in it to keep
-            env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-            if gpus:
-                env["CUDA_VISIBLE_DEVICES"] = str(slot)
-            log = open(folder / "logs" / f"{member.index:03d}.log", "a", encoding="utf-8")  # noqa: SIM115
-            process = subprocess.Popen(member_command(folder, plan, member), stdout=log, stderr=log,
-                                       stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-            running[slot] = (process, member, time.monotonic(), log)
-            if on_start:
-                on_start(member)
-        if stopping and not running:
-            break
-        time.sleep(0.1)
-        for slot, (process, member, began, log) in list(running.items()):
-            code = process.poll()
-            if code is None:
-                continue
-            log.close()
-            del running[slot]
-            status = {0: "done", 130: "interrupted", 143: "interrupted", 2: "error"}.get(code, "failed")
-            outcome = Outcome(member, status, code, time.monotonic() - began)
-            outcomes.append(outcome)
-            if on_done:
-                on_done(outcome)
+    try:
+        while pending or running:
+            if not stopping and should_stop():
+                stopping = True
+                for process, *_ in running.values():
+                    process.interrupt()
+            while pending and not stopping and len(running) < parallel:
+                slot = min(set(range(parallel)) - set(running))
+                member = pending.pop(0)
+                target = folder / member.name
+                if member_state(target, plan.command) == "new" and target.exists():
+                    shutil.rmtree(target)  # stopped before its first checkpoint: nothing in it to keep
+                env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+                if gpus:
+                    env["CUDA_VISIBLE_DEVICES"] = str(slot)
+                log = folder / "logs" / f"{member.index:03d}.log"
+                args = member_command(folder, plan, member)
+                if plan.command == "simulate":
+                    if slot not in workers or not workers[slot].alive:
+                        if slot in workers:
+                            workers[slot].close()  # (it has exited: its member was reported)
+                        workers[slot] = _Worker(env, log)
+                    workers[slot].submit(args, log)
+                    running[slot] = (workers[slot], member, time.monotonic())
+                else:
+                    running[slot] = (_Process(args, env, log), member, time.monotonic())
+                if on_start:
+                    on_start(member)
+            if stopping and not running:
+                break
+            _wait([process for process, *_ in running.values()], 0.1)
+            for slot, (process, member, began) in list(running.items()):
+                code = process.poll()
+                if code is None:
+                    continue
+                del running[slot]
+                outcome = Outcome(member, STATUS.get(code, "failed"), code, time.monotonic() - began)
+                outcomes.append(outcome)
+                if on_done:
+                    on_done(outcome)
+    finally:
+        for slot, worker in workers.items():
+            worker.close(interrupt=slot in running)
     return sorted(outcomes, key=lambda o: o.member.index)
+
+
+def _wait(processes: list, timeout: float) -> None:
+    """Sleep until a worker has something to say, or timeout seconds (a child process is polled)."""
+    pipes = [p.reply for p in processes if isinstance(p, _Worker) and p.alive]
+    if pipes:
+        select.select(pipes, [], [], timeout)
+    else:
+        time.sleep(timeout)
+
+
+class _Process:
+    """One member as its own `snnrun` process, in its own session (only the sweep passes Ctrl-C on)."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        with open(log, "a", encoding="utf-8") as handle:
+            self.process = subprocess.Popen([sys.executable, "-m", "snnrun", *args], stdout=handle, stderr=handle,
+                                            stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+
+    def poll(self) -> int | None:
+        return self.process.poll()
+
+    def interrupt(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGINT)
+
+
+WORKER = "from snnrun.sweep import serve; serve()"
+
+
+class _Worker:
+    """A long-lived process running simulate members one after another (`serve`), in its own session.
+
+    The sweep writes one member's arguments and log file per line to its stdin, and reads back one exit code per
+    member from its stdout. A worker that dies (killed, crashed) fails the member it held; the next member in
+    its slot gets a new worker."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        with open(log, "a", encoding="utf-8") as handle:  # where an interpreter that cannot start says why
+            self.process = subprocess.Popen([sys.executable, "-c", WORKER], stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE, stderr=handle, env=env, start_new_session=True)
+        self.reply = self.process.stdout.fileno()
+        os.set_blocking(self.reply, False)
+        self.buffer = b""
+        self.alive = True
+
+    def submit(self, args: list[str], log: Path) -> None:
+        try:
+            self.process.stdin.write(json.dumps({"args": args, "log": str(log)}).encode() + b"\n")
+            self.process.stdin.flush()
+        except OSError:  # it has died: poll() reports its exit
+            pass
+
+    def poll(self) -> int | None:
+        """The member's exit code once it has finished, else None."""
+        try:
+            chunk = os.read(self.reply, 4096)
+        except BlockingIOError:
+            return None
+        self.buffer += chunk
+        if b"\n" in self.buffer:
+            line, _, self.buffer = self.buffer.partition(b"\n")
+            code = int(line)
+            if code in (130, 143):  # it stops after an interrupted member
+                self.alive = False
+            return code
+        if chunk:
+            return None
+        self.alive = False  # the end of its output: the worker has exited, the member with it
+        code = self.process.wait()
+        return code if code != 0 else 1
+
+    def interrupt(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGINT)
+
+    def close(self, interrupt: bool = False) -> None:
+        """End the worker: it finishes its member (unless interrupted) and exits when its input closes."""
+        if interrupt:
+            self.interrupt()
+        with contextlib.suppress(OSError):
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process.stdout.close()
+        self.alive = False
+
+
+def serve() -> None:
+    """A sweep's simulate worker: run members (`snnrun simulate ...` arguments) read from stdin, one a line, each
+    as the command would run in a fresh process (its output appended to the member's log, env.json's command
+    line the member's own), and write each one's exit code on a line to stdout. Ends at the end of stdin, or
+    with exit code 130 on Ctrl-C (SIGINT), after reporting the member it stopped."""
+    reply = os.fdopen(os.dup(1), "w", buffering=1)
+    quiet = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(quiet, 1)  # between members, stray output goes nowhere (never into the replies)
+    os.dup2(quiet, 2)
+    try:
+        for line in sys.stdin:
+            job = json.loads(line)
+            code = _serve_member(job["args"], Path(job["log"]))
+            reply.write(f"{code}\n")
+            if code in (130, 143):
+                sys.exit(code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _serve_member(args: list[str], log: Path) -> int:
+    """Run one `snnrun simulate` command line in this process with its output in log; its exit code."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    home = os.dup(1), os.dup(2)
+    handle = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    os.dup2(handle, 1)
+    os.dup2(handle, 2)
+    os.close(handle)
+    argv = sys.argv
+    sys.argv = [str(Path(__file__).with_name("__main__.py")), *args]  # as `python -m snnrun ARGS` has it
+    try:
+        return _simulate_command(args)
+    finally:
+        sys.argv = argv
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        for fd, saved in zip((1, 2), home, strict=True):
+            os.dup2(saved, fd)
+            os.close(saved)
+
+
+def _simulate_command(args: list[str]) -> int:
+    """The `snnrun simulate` command with these arguments (those `member_command` makes), as the CLI runs it:
+    its exit code (2: an error the user can fix; 130: interrupted; 1: a failure, its traceback printed)."""
+    import traceback
+
+    import typer
+
+    try:
+        from snnrun import cli  # (the first member pays the import; an import error fails that member)
+
+        command, config, *rest = args
+        if command != "simulate":
+            raise ValueError(f"a sweep worker runs simulate members, not {command}")
+        options: dict[str, list[str]] = {"--set": [], "--device": [], "--into": []}
+        for name, value in zip(rest[::2], rest[1::2], strict=True):
+            options[name].append(value)
+        device = options["--device"][-1] if options["--device"] else None
+        cli.simulate(config=Path(config), current=None, set_=options["--set"], out_dir=Path("outputs/simulate"),
+                     into=Path(options["--into"][-1]), device=device)
+        return 0
+    except typer.Exit as stop:
+        return stop.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except SystemExit as stop:
+        return stop.code if isinstance(stop.code, int) else 1
+    except BaseException:  # a member's failure is reported, and the worker carries on
+        traceback.print_exc()
+        if "matplotlib.pyplot" in sys.modules:
+            sys.modules["matplotlib.pyplot"].close("all")
+        return 1
 
 
 # --------------------------------------------------------------------------- results
