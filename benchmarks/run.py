@@ -13,7 +13,11 @@ Rows (each peer's network is written in its own idiom in benchmarks/peers.py):
 - open-neuromorphic: one Linear + LIF layer, batch 16, 500 steps, forward + backward of output.sum(), for
   snnrun and each installed peer (16,384 neurons on a GPU; 4,096 on a CPU, where 16,384 takes minutes a pass);
 - simulate: `lif` with 10,000 and 100,000 neurons for 2,000 steps against Brian2 (its default code generation
-  target; its first, compiling run reported apart), with equal spike counts required.
+  target; its first, compiling run reported apart), with equal spike counts required;
+- startup: wall time of the `snnrun` command in a fresh process, against its goal: `snnrun --help` (0.5 s), the
+  default `snnrun simulate` (one neuron, 200 steps; 2 s), and a 6-member simulate sweep (each member after the
+  first should cost less than a fresh `snnrun simulate`: no process start-up per member). Each runs in a new
+  temporary folder holding a copy of configs/, with OMP_NUM_THREADS set to --threads.
 
 Timings are medians after warm-up (a training row times the peer's and snnrun's batches in turns of a quarter
 second, so a slow spell of the machine slows both), with a fixed number of torch threads (`--threads`, default
@@ -27,10 +31,15 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
+import resource
+import shutil
 import socket
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -325,10 +334,60 @@ def simulate_vs_brian2(neurons: int, steps: int = 2000) -> dict:
             "peer_cold_s": cold, "ratio": warm / ours}
 
 
+# --------------------------------------------------------------------------- start-up of the command
+
+
+STARTUP_GOALS = {"help_s": 0.5, "simulate_s": 2.0}  # issue 14
+SWEEP_MEMBERS = 6
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def snnrun_command() -> list[str]:
+    """The `snnrun` console script next to this Python (as a user runs it), else `python -m snnrun`."""
+    script = Path(sys.executable).with_name("snnrun")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "snnrun"]
+
+
+def wall_seconds(args: list[str], threads: int) -> tuple[float, float]:
+    """(wall, CPU) seconds of `snnrun ARGS` in a fresh process (CPU: user + system of it and the processes it
+    waited for), run in a new temporary folder holding a copy of configs/ (so the default config is found and
+    the run folders land there, removed after)."""
+    with tempfile.TemporaryDirectory(prefix="snnrun-bench-") as folder:
+        shutil.copytree(CONFIGS, Path(folder) / "configs")
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        done = subprocess.run([*snnrun_command(), *args], cwd=folder, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+        seconds = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise SystemExit(f"snnrun {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return seconds, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+
+
+def startup(threads: int, repeats: int = 5) -> dict:
+    """Median wall times of `snnrun --help`, the default `snnrun simulate` and a 6-member simulate sweep, each
+    after one untimed run (which warms the file cache and matplotlib's font cache)."""
+    betas = [round(0.5 + 0.09 * i, 2) for i in range(SWEEP_MEMBERS)]
+    commands = {"help_s": ["--help"], "simulate_s": ["simulate"],
+            "sweep_s": ["sweep", "configs/step.yaml", "--grid", f"neuron.beta={betas}"]}
+    result: dict = {"members": SWEEP_MEMBERS, "goals": STARTUP_GOALS, "command": " ".join(snnrun_command())}
+    for key, args in commands.items():
+        wall_seconds(args, threads)
+        timings = [wall_seconds(args, threads) for _ in range(repeats if key != "sweep_s" else max(1, repeats // 2))]
+        result[key] = statistics.median(wall for wall, _ in timings)
+        result[key.replace("_s", "_runs_s")] = [wall for wall, _ in timings]
+        result[key.replace("_s", "_cpu_s")] = statistics.median(cpu for _, cpu in timings)
+    # what a member adds once the sweep and its worker have started; the goal: less than a fresh process's run
+    result["sweep_per_member_s"] = (result["sweep_s"] - result["simulate_s"]) / (SWEEP_MEMBERS - 1)
+    return result
+
+
 # --------------------------------------------------------------------------- main
 
 
-ROWS = ("train", "crossover", "open_neuromorphic", "simulate")
+ROWS = ("train", "crossover", "open_neuromorphic", "simulate", "startup")
 
 
 def main() -> None:
@@ -377,6 +436,9 @@ def main() -> None:
         for n in (10_000, 100_000):
             with console.status(f"simulate: {n} lif neurons vs Brian2"):
                 results[f"simulate_brian2_{n}"] = simulate_vs_brian2(n)
+    if "startup" in args.only:
+        with console.status("start-up: snnrun --help, snnrun simulate, a simulate sweep (fresh processes)"):
+            results["startup"] = startup(args.threads)
 
     RESULTS.mkdir(exist_ok=True)
     suffix = ("-cuda" if cuda else "") + ("" if set(args.only) == set(ROWS) else "-" + "-".join(args.only))
@@ -430,7 +492,22 @@ def table(results: dict) -> Table:
     for row in results.get("crossover", []):
         t.add_row(f"first layer fwd+wgrad at {row['density']:.0%} input spikes (ms)", "dense GEMM",
                   f"{row['dense_ms']:.1f}", f"{row['gather_ms']:.1f}", f"{row['dense_ms'] / row['gather_ms']:.2f}x")
+    row = results.get("startup")
+    if row is not None:  # the goal stands in the peer's columns; the last column says how far from it
+        goals = row["goals"]
+        for key, work in (("help_s", "start-up: snnrun --help, fresh process (s)"),
+                          ("simulate_s", "start-up: default snnrun simulate, fresh process (s)")):
+            t.add_row(work, "goal", f"{goals[key]:.2f}", f"{row[key]:.2f}", _against_goal(goals[key], row[key]))
+        fresh = row["simulate_s"]
+        t.add_row(f"start-up: {row['members']}-member simulate sweep (s); per member after the first", "goal",
+                  f"< {fresh:.2f} a member (a fresh simulate)",
+                  f"{row['sweep_s']:.2f}; {row['sweep_per_member_s']:.2f} a member",
+                  _against_goal(fresh, row["sweep_per_member_s"]))
     return t
+
+
+def _against_goal(goal: float, seconds: float) -> str:
+    return f"met ({goal / seconds:.1f}x under)" if seconds <= goal else f"missed ({seconds / goal:.1f}x over)"
 
 
 if __name__ == "__main__":
