@@ -11,17 +11,21 @@ import functools
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from snnrun import __version__
 from snnrun.config import ConfigError
-from snnrun.data import DataError
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+# Start-up: `snnrun --help` and `--version` import typer and rich alone. torch, numpy, matplotlib and
+# rich.progress are imported inside the commands that use them (tests/test_startup.py keeps it so).
 
 out = Console()
 err = Console(stderr=True)
@@ -41,9 +45,19 @@ SetOption = Annotated[list[str] | None, typer.Option(
 RunArgument = Annotated[Path, typer.Argument(help="Run folder (uses checkpoints/best.pt) or a checkpoint file.")]
 IntoOption = Annotated[Path | None, typer.Option(
     "--into", metavar="RUN_DIR", help="Write the run into exactly this new (or empty) folder instead of a "
-    "timestamped one under --out (how sweep places its members).")]
+    "timestamped one under --out.")]
 DeviceOption = Annotated[str | None, typer.Option(
     "--device", metavar="DEVICE", help="auto | cpu | cuda | cuda:N | mps (overrides the config's device).")]
+
+
+def _flags_without_type(option_class) -> None:
+    """A flag takes no value, so help shows no type for it (typer 0.29 prints `<bool>` beside every flag)."""
+    shown = getattr(option_class, "display_type_rich", None)
+    if shown is not None:
+        option_class.display_type_rich = lambda self, ctx: None if getattr(self, "is_flag", False) else shown(self, ctx)
+
+
+_flags_without_type(typer.core.TyperOption)
 
 
 def _version(value: bool) -> None:
@@ -79,7 +93,7 @@ def user_errors(command):
             where = f": {error.filename}" if getattr(error, "filename", None) else ""
             _error(f"{error.strerror or error}{where}")
             raise typer.Exit(2) from None
-        except DataError as error:
+        except _data_error() as error:
             _error(str(error))
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
@@ -89,7 +103,22 @@ def user_errors(command):
     return wrapper
 
 
+def _data_error() -> type[Exception] | tuple:
+    """snnrun.data's DataError once that module is loaded (it imports torch; nothing raises one before)."""
+    data = sys.modules.get("snnrun.data")
+    return data.DataError if data is not None else ()
+
+
 def progress_bar(description: str) -> Progress:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True)
 
@@ -112,12 +141,27 @@ def simulate(
     """Drive LIF neurons with an input current; plot current, membrane and spikes; write metrics."""
     from snnrun.commands import load_simulation_config, run_simulation
 
-    cfg = load_simulation_config(config, set_ or [], current, device)
-    with progress_bar("simulate") as bar:
-        task = bar.add_task("simulate", total=cfg.time_steps)
-        run = run_simulation(cfg, out_dir, lambda n: bar.advance(task, n), into)
+    notes: list[str] = []
+    cfg = load_simulation_config(config, set_ or [], current, device, notes)
+    _notes(notes)
+    stop = StopFlag(at_once=True)  # the run folder is built aside: stopping anywhere leaves nothing half-written
+    try:
+        with stop.installed(), progress_bar("simulate") as bar:
+            task = bar.add_task("simulate", total=cfg.time_steps)
+            run = run_simulation(cfg, out_dir, lambda n: bar.advance(task, n), into, notes)
+    except KeyboardInterrupt:
+        if stop.signal is None:
+            raise
+        raise stop.stopped("nothing written (a run folder is moved into place only once complete)") from None
     out.print(_simulation_table(run))
     print(run.folder, flush=True)
+
+
+def _notes(notes: list[str]) -> None:
+    """What the config loader decided for the user (kinds switched, keys dropped, defaults fitted): on stderr,
+    and in the run's run.log."""
+    for note in notes:
+        err.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
 
 
 def _simulation_table(run) -> Table:
@@ -138,6 +182,8 @@ def _simulation_table(run) -> Table:
         population = metrics["population"]
         table.add_row("all", str(population["total_spikes"]), _fmt(population["mean_firing_rate"]), "",
                       _fmt(population["mean_isi"]), "", end_section=True)
+        hidden = f"neuron {n - 1}" if n - len(shown) == 1 else f"neurons {len(shown)}–{n - 1}"
+        table.caption = f"{hidden} not shown ({n - len(shown):,} more): all are in metrics.json of the run folder"
     return table
 
 
@@ -149,6 +195,10 @@ def _fmt(value) -> str:
              "  snnrun train configs/mnist.yaml\n\n"
              "  snnrun train configs/smoke.yaml --set train.epochs=2 --device cpu\n\n"
              "  snnrun train --resume outputs/train/2026-01-01_12-00-00_mnist\n\n"
+             "  snnrun train --resume outputs/train/2026-01-01_12-00-00_mnist --epochs 20   # train a finished run on"
+             "\n\n"
+             "  snnrun train configs/mnist.yaml --set train.init_from=outputs/train/2026-01-01_12-00-00_mnist"
+             "   # fine-tune\n\n"
              "  snnrun train configs/mnist.yaml --nproc 2        # or: torchrun --nproc_per_node=2 -m snnrun train ...")
 @user_errors
 def train(
@@ -167,16 +217,38 @@ def train(
     = False,
     nproc: Annotated[int, typer.Option("--nproc", min=1, help="Processes on this machine (DistributedDataParallel "
                                        "through torchrun; one per GPU on CUDA).")] = 1,
+    epochs: Annotated[int | None, typer.Option("--epochs", metavar="N", min=1, help="With --resume of a finished "
+                                               "run: continue it to N epochs in a new run folder (the finished one "
+                                               "is kept as it is).")] = None,
 ) -> None:
     """Train a feedforward LIF network on MNIST; write metrics, checkpoints and plots."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     from snnrun import distributed
-    from snnrun.commands import load_train_config, run_training
+    from snnrun.commands import continue_finished, load_train_config, run_training
     from snnrun.training import Callbacks, TrainingDiverged, TrainingInterrupted
 
     if tensorboard and resume is None:
         set_ = [*(set_ or []), "tensorboard=true"]
-    cfg, resume_dir = load_train_config(config, set_ or [], device, resume, force)
+    notes: list[str] = []
+    if epochs is not None:
+        if resume is None:
+            raise ConfigError("--epochs continues a finished run (with --resume RUN); for a new run set "
+                              "train.epochs", source="--epochs")
+        resume = continue_finished(resume, epochs, out_dir, into)
+        into = None
+        err.print(f"continuing in {resume}", highlight=False, soft_wrap=True)
+    cfg, resume_dir = load_train_config(config, set_ or [], device, resume, force, notes)
     ranks = distributed.from_environment()
+    if ranks.main:
+        _notes(notes)
     if nproc > 1 and not ranks.active:
         gpus = _cuda_devices() if cfg.device != "cpu" else 0
         if 0 < gpus < nproc:
@@ -195,8 +267,9 @@ def train(
                                     disable=not ranks.main) as bar:
         task = bar.add_task("train", total=None, epoch=0, epochs=cfg.train.epochs, stats="", visible=False)
 
-        def epoch_started(epoch: int, batches: int) -> None:
-            bar.reset(task, total=batches, epoch=epoch + 1, epochs=cfg.train.epochs, stats="", visible=True)
+        def epoch_started(epoch: int, batches: int, done: int) -> None:  # (done > 0 when resumed mid-epoch)
+            bar.reset(task, total=batches, completed=done, epoch=epoch + 1, epochs=cfg.train.epochs, stats="",
+                      visible=True)
 
         def batch_done(stats: dict) -> None:
             bar.update(task, advance=1, stats=f"loss {stats['loss']:.4f} acc {100 * stats['accuracy']:.2f}% "
@@ -212,7 +285,7 @@ def train(
         callbacks = Callbacks(epoch_started, batch_done, epoch_done, should_stop=stop.is_set)
         try:
             run = run_training(cfg, out_dir, callbacks, resume_dir, on_folder=folder_box.append, ranks=ranks,
-                               into=into)
+                               into=into, notes=notes)
         except TrainingInterrupted as why:
             bar.stop()
             if ranks.main:
@@ -263,12 +336,19 @@ def _launch(nproc: int, args: list[str]) -> int:
 
 
 class StopFlag:
-    """Set by Ctrl-C or SIGTERM: training finishes its batch, saves a checkpoint and stops. A second Ctrl-C
-    stops at once (unless abort_on_second is off: torchrun's launcher passes the user's signal on again)."""
+    """Set by Ctrl-C or SIGTERM. Training carries on to the next point where it can stop cleanly and stops
+    there: the end of its batch (it saves a checkpoint), the next batch of the final test score, the next plot or
+    GIF frame. A second Ctrl-C stops at once (unless abort_on_second is off: torchrun's launcher passes the
+    user's signal on again).
 
-    def __init__(self, abort_on_second: bool = True) -> None:
+    With at_once the first signal raises KeyboardInterrupt at once, wherever the command is: for commands that
+    build their folder aside and move it into place only when whole (simulate, eval), so that stopping anywhere
+    leaves nothing behind. Later signals are ignored, so the clean-up is not cut short."""
+
+    def __init__(self, abort_on_second: bool = True, at_once: bool = False) -> None:
         self.signal: int | None = None
         self.abort_on_second = abort_on_second
+        self.at_once = at_once
 
     def is_set(self) -> bool:
         return self.signal is not None
@@ -277,14 +357,25 @@ class StopFlag:
     def exit_code(self) -> int:
         return 128 + (self.signal or signal.SIGINT)
 
+    @property
+    def name(self) -> str:
+        return "SIGTERM" if self.signal == signal.SIGTERM else "Ctrl-C"
+
+    def stopped(self, what: str) -> typer.Exit:
+        """Say on stderr what stopping left behind; returns the Exit (130 for Ctrl-C, 143 for SIGTERM) to raise."""
+        err.print(f"[yellow]stopped by {self.name}:[/yellow] {escape(what)}", highlight=False, soft_wrap=True)
+        return typer.Exit(self.exit_code)
+
     @contextlib.contextmanager
     def installed(self):
         def handler(signum, frame):
             if self.signal is not None:  # a second Ctrl-C: stop now
-                if self.abort_on_second:
+                if self.abort_on_second and not self.at_once:
                     raise KeyboardInterrupt
                 return
             self.signal = signum
+            if self.at_once:
+                raise KeyboardInterrupt
 
         previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -296,7 +387,8 @@ class StopFlag:
 
 def _training_table(run) -> Table:
     s = run.summary
-    table = Table(title=f"{run.config.name}: {s['epochs']} epochs in {s['train_seconds']:.1f} s")
+    epochs = f"{s['epochs']} epoch{'s' if s['epochs'] != 1 else ''}"
+    table = Table(title=f"{run.config.name}: {epochs} in {s['train_seconds']:.1f} s")
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_row("best epoch (by validation)", str(s["best_epoch"]))
@@ -311,17 +403,28 @@ def _training_table(run) -> Table:
 
 @app.command(name="eval", epilog="Examples:\n\n"
              "  snnrun eval outputs/train/2026-01-01_12-00-00_mnist\n\n"
-             "  snnrun eval outputs/train/2026-01-01_12-00-00_mnist/checkpoints/last.pt --split val")
+             "  snnrun eval outputs/train/2026-01-01_12-00-00_mnist/checkpoints/last.pt --split val\n\n"
+             "  snnrun eval outputs/train/2026-01-01_12-00-00_smoke --set train.subset.test=null   # all 10,000")
 @user_errors
 def evaluate(
     run: RunArgument,
     split: Annotated[str, typer.Option("--split", help="test | val")] = "test",
     device: DeviceOption = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", metavar="KEY=VALUE", help="Score differently (data.*, train.subset.*, encoding.*, train.seed, "
+        "train.eval_batch_size), e.g. train.subset.test=null for the whole test set; repeatable.")] = None,
 ) -> None:
     """Score a trained run: accuracy, per-class accuracy, confusion matrix, spikes and synaptic operations."""
     from snnrun.commands import run_evaluation
 
-    folder, report = run_evaluation(run, split, device)
+    stop = StopFlag(at_once=True)  # the eval folder is built aside: stopping anywhere leaves nothing half-written
+    try:
+        with stop.installed():
+            folder, report = run_evaluation(run, split, device, should_stop=stop.is_set, overrides=set_ or [])
+    except KeyboardInterrupt:
+        if stop.signal is None:
+            raise
+        raise stop.stopped("no eval folder written (it is moved into place only once complete)") from None
     table = Table(title=f"{report['split']} set, {report['images']} images")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -476,6 +579,106 @@ def import_(
     err.print(f"imported {graph} -> {folder} (score it with: snnrun eval {folder})", highlight=False,
               soft_wrap=True)
     print(folder, flush=True)
+
+
+@app.command(epilog="Examples:\n\n  snnrun predict outputs/train/2026-01-01_12-00-00_mnist digit.png\n\n"
+             "  snnrun predict outputs/train/2026-01-01_12-00-00_mnist data/MNIST/raw/t10k-images-idx3-ubyte "
+             "--first 5 --json")
+@user_errors
+def predict(
+    run: RunArgument,
+    images: Annotated[list[Path], typer.Argument(help="PNG/JPEG pictures (made 28x28 grey, inverted when the "
+                                                 "digit is dark on light) or IDX image files.")],
+    first: Annotated[int | None, typer.Option("--first", metavar="N", min=1, help="Only the first N images.")]
+    = None,
+    device: DeviceOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per image instead of a table.")]
+    = False,
+) -> None:
+    """Classify single images with a trained run: class, readout and output spikes per class."""
+    import json
+
+    from snnrun.devices import resolve_device
+    from snnrun.evaluation import load_network, locate
+    from snnrun.predict import predict as classify
+    from snnrun.predict import read_images
+
+    trained = locate(run)
+    torch_device = resolve_device(device or trained.config.device, source="--device" if device else None)
+    pictures = read_images(images)[:first]
+    results = classify(load_network(trained, torch_device), trained.config, pictures, torch_device)
+    if as_json:
+        for result in results:
+            print(json.dumps(result), flush=True)
+        return
+    table = Table(title=f"{trained.folder.name}: {trained.config.model.readout} readout")
+    for column in ("image", "class", "output spikes per class 0-9" if results[0]["output_spikes"] is not None
+                   else "readout per class", "notes"):
+        table.add_column(column)
+    for r in results:
+        values = r["output_spikes"] if r["output_spikes"] is not None else [f"{v:.2f}" for v in r["readout"]]
+        table.add_row(r["image"], f"[bold]{r['class']}[/bold]", " ".join(map(str, values)), "; ".join(r["notes"]))
+    out.print(table)
+
+
+@app.command(epilog="Examples:\n\n"
+             "  snnrun compare outputs/train/2026-01-01_12-00-00_mnist outputs/train/2026-01-02_09-30-00_mnist\n\n"
+             "  snnrun compare outputs/sweep/2026-01-01_12-00-00_fi    # a sweep: its members' f-I curves")
+@user_errors
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Train or simulate run folders, or sweep folders (their "
+                                               "finished members).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Parent folder of comparison folders.")]
+    = Path("outputs/compare"),
+) -> None:
+    """Compare runs: their curves overlaid, and a table of the config keys they differ in and their metrics."""
+    from snnrun.commands import run_compare
+
+    result = run_compare(runs, out_dir)
+    table = Table(title=f"{len(result.runs)} runs" + (f", differing in {', '.join(result.keys)}" if result.keys
+                                                      else " with the same config"))
+    columns = [k for k in result.rows[0] if k != "run"]
+    table.add_column("run")
+    for column in columns:
+        table.add_column(column.replace("_", " "), justify="right")
+    for run, row in zip(result.runs, result.rows, strict=True):
+        table.add_row(run.folder.name, *[_fmt(v) if isinstance(v, float) else str(v) for v in
+                                         (row[c] for c in columns)])
+    out.print(table)
+    print(result.folder, flush=True)
+
+
+@app.command(epilog="Examples:\n\n  snnrun configs                      # list them\n\n"
+             "  snnrun configs --copy my-configs    # copy them out to edit\n\n"
+             "  snnrun train smoke                  # any command takes an example by name")
+@user_errors
+def configs(copy: Annotated[Path | None, typer.Option("--copy", metavar="DIR", help="Copy the example configs "
+                                                      "into DIR (existing files are kept).")] = None) -> None:
+    """List the example configs that ship with snnrun (or copy them out); commands take them by name."""
+    import shutil
+
+    from snnrun.config import example_configs, shipped_configs
+
+    examples = example_configs()
+    if copy is None:
+        table = Table(title=f"example configs in {shipped_configs()}")
+        table.add_column("name")
+        table.add_column("what it runs")
+        for name, about in examples.items():
+            table.add_row(name, about)
+        out.print(table)
+        return
+    copy.mkdir(parents=True, exist_ok=True)
+    kept = []
+    for name in examples:
+        target = copy / f"{name}.yaml"
+        if target.exists():
+            kept.append(target.name)
+        else:
+            shutil.copyfile(shipped_configs() / f"{name}.yaml", target)
+    if kept:
+        err.print(f"kept the existing {', '.join(kept)}", highlight=False, soft_wrap=True)
+    print(copy, flush=True)
 
 
 @app.command(epilog="Example:\n\n  snnrun data --root data")

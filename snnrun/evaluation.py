@@ -28,8 +28,14 @@ def locate(path: Path) -> TrainedRun:
         folder, checkpoint = path.parent.parent, path
     else:
         raise ConfigError("no such run folder or checkpoint", source=str(path))
+    takes = "eval takes a training run folder (outputs/train/<run>) or one of its checkpoints/*.pt"
+    if path.is_file() and path.suffix in (".yaml", ".yml"):
+        raise ConfigError(f"a config file, not a run; {takes} (train it first: snnrun train {path})", source=str(path))
     if not (folder / "config.yaml").is_file():
-        raise ConfigError("not a training run folder (no config.yaml)", source=str(folder))
+        raise ConfigError(f"not a run folder (no config.yaml); {takes}", source=str(folder))
+    if (folder / "traces.npz").is_file() or (folder / "sweep.json").is_file():
+        kind = "a simulate run" if (folder / "traces.npz").is_file() else "a sweep folder"
+        raise ConfigError(f"{kind}, which has no trained network; {takes}", source=str(folder))
     if not checkpoint.is_file():
         raise ConfigError("the run has no checkpoint yet (checkpoints/best.pt is written after the first epoch)",
                           source=str(folder))

@@ -316,6 +316,46 @@ def fi_curve(amplitude: np.ndarray, rate: np.ndarray, path: Path, rate_unit: str
     return _save(fig, path)
 
 
+def overlaid(curves: list[tuple[str, np.ndarray, np.ndarray]], path: Path, xlabel: str, ylabel: str,
+             title: str = "", markers: bool = False) -> Path:
+    """One line per run (label, x, y), each drawn with at most MAX_POINTS points: f-I curves or membranes of
+    the runs `snnrun compare` is given."""
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    for label, x, y in curves:
+        x, y = envelope(np.asarray(x), np.asarray(y))
+        ax.plot(x, y, "o-" if markers and len(x) <= 200 else "-", ms=3, lw=1.2, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if len(curves) <= 20:
+        _legend_outside(ax)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def compared_training(runs: list[tuple[str, list[dict]]], path: Path, title: str = "") -> Path:
+    """Validation accuracy (training accuracy where a run has no validation) and training loss per epoch, one
+    line per run."""
+    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(13, 4.5))
+    for label, history in runs:
+        epochs = [r["epoch"] for r in history]
+        validated = bool(history) and history[0].get("val_accuracy") is not None
+        accuracy = [100 * r["val_accuracy" if validated else "train_accuracy"] for r in history]
+        ax_l.plot(epochs, [r["train_loss"] for r in history], "o-", ms=3, label=label)
+        ax_a.plot(epochs, accuracy, "o-", ms=3, label=label if validated else f"{label} (train)")
+    ax_l.set_ylabel("training loss")
+    ax_a.set_ylabel("validation accuracy (%)")
+    for ax in (ax_l, ax_a):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.grid(alpha=0.3)
+    if len(runs) <= 20:
+        _legend_outside(ax_a)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
 # --------------------------------------------------------------------------- train and eval
 
 

@@ -82,8 +82,9 @@ class LeakyNeuron:
 @dataclass(frozen=True)
 class LapicqueNeuron:
     model: str = choice("lapicque", MODEL_NAMES, "neuron model (chooses the keys below)")
-    R: float | list = number(5.0, "resistance", minimum=0, exclusive_minimum=True, per_neuron=True)
-    C: float | list | None = number(None, "capacitance (default 1e-3; or give beta)", minimum=0,
+    R: float | list = number(5.0, "resistance (ohm, with the current in A and the membrane in V)", minimum=0,
+                             exclusive_minimum=True, per_neuron=True)
+    C: float | list | None = number(None, "capacitance (F; default 1e-3, or give beta)", minimum=0,
                                     exclusive_minimum=True, per_neuron=True, nullable=True)
     time_step: float = number(1e-3, "step length in seconds (forward Euler)", minimum=0, exclusive_minimum=True)
     beta: float | None = number(None, "instead of C: C = time_step/(R*ln(1/beta)), as snnTorch derives it",
@@ -202,6 +203,8 @@ class SimulationConfig:
     neuron: LeakyNeuron | LapicqueNeuron | SynapticNeuron | LIFNeuron = None  # type: ignore[assignment]
     stimulus: object = None
 
+    other_command = ("train", frozenset({"data", "model", "encoding", "train"}))
+
     def validate(self, path, source):
         for section_name in ("neuron", "stimulus"):
             section = getattr(self, section_name)
@@ -224,9 +227,20 @@ def parse_simulation(data: dict, source: str | None, notes: list[str] | None = N
     """The simulation config; `notes` (if given) is told of stimulus defaults fitted to the neuron's units."""
     holder: dict = {}
 
+    stimulus = data.get("stimulus") if isinstance(data, dict) else None
+    no_input = isinstance(stimulus, dict) and stimulus.get("kind") == "none"
+
     def neuron_section(section, key, where):
-        holder["neuron"] = parse_neuron(section, key, where)
-        return holder["neuron"]
+        neuron = parse_neuron(section, key, where)
+        if no_input and not (isinstance(section, dict) and "initial_membrane" in section):
+            # with no input a membrane at rest shows a flat line: start it near threshold, to relax from there
+            start = _relaxation_start(neuron)
+            if notes is not None:
+                notes.append(f"{key}.initial_membrane: {start} (no input: the membrane starts at 90 % of the way "
+                             "from rest to threshold and relaxes)")
+            neuron = parse_neuron({**(section or {}), "initial_membrane": start}, key, where)
+        holder["neuron"] = neuron
+        return neuron
 
     def stimulus_section(section, key, where):
         neuron = holder.get("neuron")
@@ -242,6 +256,20 @@ def parse_simulation(data: dict, source: str | None, notes: list[str] | None = N
 
     return parse(SimulationConfig, data, source=source,
                  sections={"neuron": neuron_section, "stimulus": stimulus_section})
+
+
+def _relaxation_start(neuron) -> float | list:
+    """90 % of the way from rest to threshold (0 is rest for the unitless models), per neuron where the
+    threshold is."""
+    if isinstance(neuron, LIFNeuron):
+        rest, thresh = neuron.v_rest_mv, neuron.v_thresh_mv
+    else:
+        rest, thresh = 0.0, neuron.threshold
+    if isinstance(rest, list) or isinstance(thresh, list):
+        n = len(rest) if isinstance(rest, list) else len(thresh)
+        at = lambda x, i: x[i] if isinstance(x, list) else x  # noqa: E731
+        return [_round(at(rest, i) + 0.9 * (at(thresh, i) - at(rest, i))) for i in range(n)]
+    return _round(rest + 0.9 * (thresh - rest))
 
 
 def _first(value) -> float:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from snnrun import distributed
 from snnrun import encoding as encodings
-from snnrun.config import ConfigError, choice, field, integer, number, parse
+from snnrun.config import ConfigError, KindKey, choice, field, integer, number, parse
 from snnrun.data import Split, load_mnist, validation_split
 from snnrun.distributed import Ranks
 from snnrun.network import Network, NetworkOutput, parse_model
@@ -49,7 +49,8 @@ class EncodingConfig:
 
 @dataclass(frozen=True)
 class SubsetConfig:
-    train: int | None = integer(None, "use only the first N training images (null: all)", minimum=1, nullable=True)
+    train: int | None = integer(None, "use only the first N training images (null: all); the validation images "
+                                "stay data.val_size", minimum=1, nullable=True)
     test: int | None = integer(None, "use only the first M test images (null: all)", minimum=1, nullable=True)
 
 
@@ -78,6 +79,9 @@ class TrainSettings:
     checkpoint_every: int = integer(1, "epochs between checkpoints (last.pt; best.pt whenever val improves)",
                                     minimum=1)
     eval_batch_size: int = integer(1000, "images per batch when scoring", minimum=1)
+    init_from: str | None = field(None, "string", "fine-tune: start from the weights of this run folder (its "
+                                  "best.pt) or checkpoint file, with a new optimizer (null: random weights)",
+                                  nullable=True)
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,8 @@ class TrainConfig:
     encoding: EncodingConfig = None  # type: ignore[assignment]
     train: TrainSettings = None  # type: ignore[assignment]
 
+    other_command = ("simulate", frozenset({"neuron", "neurons", "stimulus", "time_steps", "record_neurons"}))
+
     def validate(self, path, source):
         needs_neurons = self.train.loss in ("ce_rate", "ce_membrane", "mse_count")
         if needs_neurons and self.model.readout == "mean_current":
@@ -101,6 +107,9 @@ class TrainConfig:
         if self.model.input_size != 784:
             raise ConfigError(f"{self.model.input_size} is not allowed; MNIST images have 784 pixels",
                               source=source, key="model.input_size")
+
+
+KIND_KEYS = (KindKey("encoding", "kind", "direct", keeps=("time_steps",)),)
 
 
 def parse_train(data: dict, source: str | None) -> TrainConfig:
@@ -132,9 +141,8 @@ def load_splits(cfg: TrainConfig, device) -> tuple[Split, Split, Split]:
     train, test = load_mnist(cfg.data.root, cfg.data.download)
     train, val = validation_split(train, min(cfg.data.val_size, len(train) // 2), cfg.train.seed)
     subset = cfg.train.subset
-    if subset.train is not None:
+    if subset.train is not None:  # the validation images stay data.val_size, whatever the subset
         train = train.take(slice(0, subset.train))
-        val = val.take(slice(0, max(1, subset.train // 10))) if len(val) else val
     if subset.test is not None:
         test = test.take(slice(0, subset.test))
     return train.to(device), val.to(device), test.to(device)
@@ -269,6 +277,26 @@ def read_checkpoint(path: Path, device="cpu", keys: tuple[str, ...] = ("model",)
     return state
 
 
+def initial_weights(cfg: TrainConfig, device="cpu") -> dict:
+    """The weights `train.init_from` names (a run folder's best.pt, or a checkpoint file), checked against the
+    network the config builds: a ConfigError naming the key where they do not fit."""
+    path = Path(cfg.train.init_from)
+    file = path / "checkpoints" / "best.pt" if path.is_dir() else path
+    where = {"source": cfg.train.init_from, "key": "train.init_from"}
+    if not file.is_file():
+        raise ConfigError("no such run folder (with checkpoints/best.pt) or checkpoint file", **where)
+    try:
+        weights = read_checkpoint(file, device)["model"]
+    except CheckpointError as error:
+        raise ConfigError(str(error), **where) from None
+    try:
+        Network(cfg.model, cfg.encoding.time_steps).load_state_dict(weights)
+    except RuntimeError as error:
+        reason = " ".join(str(error).split())
+        raise ConfigError(f"its weights do not fit this config's network ({reason[:300]})", **where) from None
+    return weights
+
+
 def rng_state(generator: torch.Generator, perm_generator: torch.Generator) -> dict:
     state = {"torch": torch.get_rng_state(), "generator": generator.get_state(),
              "perm_generator": perm_generator.get_state()}
@@ -292,7 +320,7 @@ def restore_rng(state: dict, generator: torch.Generator, perm_generator: torch.G
 class Callbacks:
     """How a run reports to whoever watches it (the CLI draws bars and prints lines)."""
 
-    epoch_started: Callable[[int, int], None] = lambda epoch, batches: None
+    epoch_started: Callable[[int, int, int], None] = lambda epoch, batches, done: None  # done: batches already run
     batch_done: Callable[[dict], None] = lambda stats: None
     epoch_done: Callable[[dict], None] = lambda record: None
     should_stop: Callable[[], bool] = lambda: False
@@ -357,6 +385,8 @@ def train(cfg: TrainConfig, folder: Path | None, device: torch.device, callbacks
             model, device_ids=[device.index] if device.type == "cuda" else None, **_NO_BUFFER_SYNC)
         if ranks.rank > 0:  # each rank its own dropout draws (rank 0 keeps the single-process ones)
             torch.manual_seed(s.seed + _RANK_STRIDE * ranks.rank)
+    if s.init_from is not None and not resume:
+        model.load_state_dict(initial_weights(cfg, device))
     batches_per_epoch = math.ceil(len(train_set) / s.batch_size)
     optimizer = make_optimizer(model, s)
     schedule = make_schedule(optimizer, s, batches_per_epoch)
@@ -405,7 +435,7 @@ def train(cfg: TrainConfig, folder: Path | None, device: torch.device, callbacks
             order = torch.randperm(len(train_set), generator=perm_generator).to(device)
         totals = partial or {"loss": 0.0, "correct": 0, "seen": 0,
                              "spikes": [0.0] * len(model.layer_sizes), "seconds": 0.0}
-        cb.epoch_started(epoch, batches_per_epoch)
+        cb.epoch_started(epoch, batches_per_epoch, start_batch)
         started = time.perf_counter() - totals["seconds"]
         for batch in range(start_batch, batches_per_epoch):
             stop, = distributed.any_rank(ranks, device, cb.should_stop())  # all ranks stop at the same batch
@@ -480,7 +510,20 @@ def train(cfg: TrainConfig, folder: Path | None, device: torch.device, callbacks
         return None
     best = read_checkpoint(checkpoints / "best.pt", device, ("model", "epoch"))
     model.load_state_dict(best["model"])
-    test = evaluate(model, test_set, cfg)
+    # The test score hears a stop between its batches (asked as each enters the network). Nothing is lost:
+    # last.pt holds the final epoch, so `--resume` only scores (and plots) again.
+    def stop_between_batches(module, inputs) -> None:
+        if cb.should_stop():
+            raise TrainingInterrupted("stopped during the final test evaluation, after the last epoch")
+
+    hook = model.register_forward_pre_hook(stop_between_batches)
+    try:
+        test = evaluate(model, test_set, cfg)
+    except TrainingInterrupted:
+        distributed.all_done(ranks)  # the other ranks wait there for rank 0 (commands._train_in_folder)
+        raise
+    finally:
+        hook.remove()
     return {
         "best_epoch": best["epoch"],
         "best_val_accuracy": history[best["epoch"] - 1]["val_accuracy"],
