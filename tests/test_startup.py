@@ -117,9 +117,23 @@ def test_simulate_run_folder_is_readable_by_others_under_umask_022(tmp_path, uma
 
 # Test-only, switched on by environment variables in the processes a test starts: SNNRUN_TEST_STARTS names a file
 # that gets a line per Python process started; with SNNRUN_TEST_FAULTS a member with beta 0.4 meets a config
-# error when it runs, one with beta 0.6 raises, and one with beta 0.7 kills its own process outright.
+# error when it runs, one with beta 0.6 raises, and one with beta 0.7 kills its own process outright; with
+# SNNRUN_TEST_HOLD_BETA the member with that beta creates the file SNNRUN_TEST_HOLD_MARKER and waits there until
+# it is interrupted (so a test signals a sweep at a known point instead of racing it).
 SITE = """\
-import os, signal, sys
+import os, signal, sys, time
+if os.environ.get("SNNRUN_TEST_HOLD_BETA"):
+    from snnrun import commands
+    held = commands.run_simulation
+    def run_simulation(cfg, *args, **kwargs):
+        if cfg.neuron.beta == float(os.environ["SNNRUN_TEST_HOLD_BETA"]):
+            open(os.environ["SNNRUN_TEST_HOLD_MARKER"], "a").close()
+            give_up = time.monotonic() + 600
+            while time.monotonic() < give_up:  # until Ctrl-C (KeyboardInterrupt) ends the wait
+                time.sleep(0.01)
+            os._exit(3)
+        return held(cfg, *args, **kwargs)
+    commands.run_simulation = run_simulation
 if os.environ.get("SNNRUN_TEST_STARTS"):
     with open(os.environ["SNNRUN_TEST_STARTS"], "a") as starts:
         starts.write(f"{os.getpid()} {' '.join(sys.orig_argv)}\\n")
@@ -178,7 +192,7 @@ def test_simulate_sweep_runs_members_in_parallel_workers_not_a_process_each(tmp_
     members = [folder / r["member"] for r in rows]
     # five simulations, but two worker processes besides the sweep itself (a process each made six)
     commands = [command for _, command in started(starts)]
-    assert len(commands) == 3 and sum("snnrun.sweep import serve" in c for c in commands) == 2, commands
+    assert len(commands) == 3 and sum("snnrun.worker import serve" in c for c in commands) == 2, commands
     # each member a complete simulate run, written as `snnrun simulate base.yaml --set ... --into` writes it
     for member, beta in zip(members, betas, strict=True):
         assert {p.name for p in member.iterdir()} >= {"config.yaml", "env.json", "traces.npz", "metrics.json",
@@ -214,24 +228,28 @@ def test_a_failing_simulate_member_is_reported_failed_and_the_others_still_run(t
 def test_ctrl_c_stops_a_simulate_sweep_and_its_workers_and_resume_finishes_it(tmp_path):
     starts = tmp_path / "starts.txt"
     values = "[" + ", ".join(f"{0.5 + 0.01 * i:.2f}" for i in range(12)) + "]"
+    marker = tmp_path / "held"
     proc = subprocess.Popen(sweep(tmp_path, values, "--parallel", "2"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=site_env(tmp_path, SNNRUN_TEST_STARTS=str(starts)))
-    give_up = time.monotonic() + 900  # only against a hang
-    while not list((tmp_path / "out").glob("*/003_*/metrics.json")):  # a few members done: the workers are busy
+                            stderr=subprocess.PIPE, text=True,
+                            env=site_env(tmp_path, SNNRUN_TEST_STARTS=str(starts), SNNRUN_TEST_HOLD_BETA="0.54",
+                                         SNNRUN_TEST_HOLD_MARKER=str(marker)))
+    give_up = time.monotonic() + 900  # only against a hang: member 004 (beta 0.54) holds until interrupted
+    while not marker.exists():
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         assert time.monotonic() < give_up
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    proc.send_signal(signal.SIGINT)  # Ctrl-C while member 004 runs, at least three members done
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 130, stderr[-3000:]
     assert "snnrun sweep --resume" in stderr and "Traceback" not in stderr
     folder = Path(stdout.strip().splitlines()[-1])
     rows = list(csv.DictReader((folder / "sweep.csv").open()))
     done = [r for r in rows if r["status"] == "done"]
-    assert 4 <= len(done) < 12 and {r["status"] for r in rows} <= {"done", "interrupted", "not run"}
+    assert 3 <= len(done) < 12 and {r["status"] for r in rows} <= {"done", "interrupted", "not run"}
+    assert next(r["status"] for r in rows if r["member"].startswith("004_")) == "interrupted"
     assert all((folder / r["member"] / "metrics.json").is_file() for r in done)
     assert not [p for p in folder.iterdir() if p.name.startswith(".staging")]
-    workers = [pid for pid, command in started(starts) if "snnrun.sweep import serve" in command]
+    workers = [pid for pid, command in started(starts) if "snnrun.worker import serve" in command]
     assert len(workers) == 2 and all(gone(pid) for pid in workers)  # stopped with the sweep, none left behind
 
     again = subprocess.run([sys.executable, "-m", "snnrun", "sweep", "--resume", str(folder)], capture_output=True,
@@ -247,7 +265,7 @@ def test_worker_runs_members_given_on_stdin_and_reports_each_exit_code(tmp_path)
     jobs = [{"args": ["simulate", str(tmp_path / "tiny.yaml"), "--set", f"neuron.beta={beta}", "--into",
                       str(tmp_path / name)], "log": str(tmp_path / f"{name}.log")}
             for beta, name in ((0.9, "a"), (2, "b"), (0.8, "c"))]
-    result = subprocess.run([sys.executable, "-c", "from snnrun.sweep import serve; serve()"], env=ENV,
+    result = subprocess.run([sys.executable, "-c", "from snnrun.worker import serve; serve()"], env=ENV,
                             input="".join(json.dumps(job) + "\n" for job in jobs), capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0 and result.stdout.split() == ["0", "2", "0"], result
