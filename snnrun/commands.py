@@ -19,7 +19,16 @@ import torch
 
 from snnrun import compare, distributed, nir_graph, plots
 from snnrun import sweep as sweeps
-from snnrun.config import ConfigError, apply_overrides, config_path, dump_yaml, load_yaml, switch_kinds, to_dict
+from snnrun.config import (
+    ConfigError,
+    KindSwitch,
+    apply_overrides,
+    config_path,
+    dump_yaml,
+    load_yaml,
+    switch_kinds,
+    to_dict,
+)
 from snnrun.data import load_mnist
 from snnrun.devices import available_memory, resolve_device
 from snnrun.evaluation import TrainedRun, evaluate_run, load_network, locate
@@ -94,7 +103,7 @@ def load_simulation_config(path: Path | None, overrides: list[str], current: str
             data = dict(data, name=f"{current}-current")
         changes = [f"stimulus.kind={current}", *changes]
     data, switched = switch_kinds(data, changes, SIMULATION_KINDS, source)
-    notes += switched
+    notes += [switch.note() for switch in switched]
     data = apply_overrides(data, changes)
     if device is not None:
         data["device"] = device
@@ -106,14 +115,13 @@ def load_simulation_config(path: Path | None, overrides: list[str], current: str
     return cfg
 
 
-def _unit_mismatch(data: dict, changes: list[str], switched: list[str], source: str) -> list[str]:
+def _unit_mismatch(data: dict, changes: list[str], switched: list[KindSwitch], source: str) -> list[str]:
     """A note when the neuron was switched between unitless and physical (nA, mV) models while the stimulus's
     currents still come from the file, written for the other."""
-    neuron_switch = next((note for note in switched if note.startswith("neuron.model:")), None)
-    if neuron_switch is None or any(note.startswith("stimulus.kind:") for note in switched):
+    neuron = next((switch for switch in switched if switch.section == "neuron"), None)
+    if neuron is None or any(switch.section == "stimulus" for switch in switched):
         return []
-    old, new = neuron_switch.split(":")[1].split("(")[0].split("->")
-    if (old.strip() == "lif") == (new.strip() == "lif"):
+    if (neuron.old == "lif") == (neuron.new == "lif"):
         return []
     set_keys = {item.partition("=")[0].strip() for item in changes}
     stimulus = data.get("stimulus") if isinstance(data.get("stimulus"), dict) else {}
@@ -121,11 +129,11 @@ def _unit_mismatch(data: dict, changes: list[str], switched: list[str], source: 
             and f"stimulus.{k}" not in set_keys}
     if not kept:
         return []
-    units = "currents in nA" if new.strip() == "lif" else "unitless currents"
+    units = "currents in nA" if neuron.new == "lif" else "unitless currents"
     shown = ", ".join(f"{k} {v}" for k, v in kept.items())
-    return [f"stimulus: {shown} from {source} was written for a {old.strip()} neuron; the {new.strip()} neuron "
-            f"takes {units}: set it (--set stimulus.amplitude=...) or choose the stimulus kind "
-            "(--current KIND) to start from defaults that fit it"]
+    return [f"stimulus: {shown} from {source} was written for a {neuron.old} neuron; the {neuron.new} neuron "
+            f"takes {units}: set it (--set stimulus.amplitude=...) or choose the stimulus kind (--current KIND) to "
+            "start from defaults that fit it"]
 
 
 @contextlib.contextmanager
@@ -225,7 +233,7 @@ def load_train_config(path: Path | None, overrides: list[str], device: str | Non
         raise ConfigError("give a config file (e.g. configs/mnist.yaml) or --resume RUN_DIR", source="snnrun train")
     path = config_path(path)
     data, switched = switch_kinds(load_yaml(path), overrides, TRAIN_KINDS, str(path))
-    notes += switched
+    notes += [switch.note() for switch in switched]
     data = apply_overrides(data, overrides)
     if device is not None:
         data["device"] = device

@@ -324,13 +324,31 @@ class KindKey:
     keeps: tuple[str, ...] = ()  # keys that mean the same for every kind and survive a switch
 
 
+@dataclasses.dataclass(frozen=True)
+class KindSwitch:
+    """A section whose kind the command line changed: it starts from the new kind's defaults."""
+
+    section: str
+    key: str
+    old: str
+    new: str
+    dropped: tuple[str, ...]  # the file's keys of that section that no longer apply
+    source: str | None
+
+    def note(self) -> str:
+        where = f" from {self.source}" if self.source else ""
+        dropped = f"; dropped{where}: {', '.join(self.dropped)}" if self.dropped else ""
+        return (f"{self.section}.{self.key}: {self.old} -> {self.new} (command line): {self.section} starts from "
+                f"the defaults of {self.new}{dropped}")
+
+
 def switch_kinds(data: dict, overrides: Iterable[str], kinds: Iterable[KindKey], source: str | None
-                 ) -> tuple[dict, list[str]]:
+                 ) -> tuple[dict, list[KindSwitch]]:
     """The file's data with every section whose kind the command line changes started afresh, as Hydra's config
-    groups do: the new kind's defaults, then whatever the command line gives. Returns the data and one note per
-    switch, naming the keys of the file that were dropped."""
+    groups do: the new kind's defaults, then whatever the command line gives. Returns the data and the switches
+    made (each names the keys of the file it dropped)."""
     data = _copy(data) if data else {}
-    notes = []
+    switches = []
     given = dict(parse_override(item) for item in overrides)
     for kind in kinds:
         new = given.get(f"{kind.section}.{kind.key}")
@@ -342,11 +360,9 @@ def switch_kinds(data: dict, overrides: Iterable[str], kinds: Iterable[KindKey],
         if new == old:
             continue
         parent[name] = {k: v for k, v in section.items() if k in kind.keeps}
-        dropped = [k for k in section if k not in kind.keeps and k != kind.key]
-        where = f" from {source}" if source else ""
-        notes.append(f"{kind.section}.{kind.key}: {old} -> {new} (command line): {kind.section} starts from the "
-                     f"defaults of {new}" + (f"; dropped{where}: {', '.join(dropped)}" if dropped else ""))
-    return data, notes
+        dropped = tuple(k for k in section if k not in kind.keeps and k != kind.key)
+        switches.append(KindSwitch(kind.section, kind.key, str(old), new, dropped, source))
+    return data, switches
 
 
 def _node(data: dict, path: str) -> tuple[dict | None, str]:
