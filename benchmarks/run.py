@@ -49,8 +49,9 @@ from rich.console import Console
 from rich.table import Table
 
 from snnrun.memory import keep_freed_memory
-from snnrun.network import LIFLayer, Network, NeuronSpec, parse_model
-from snnrun.simulation import parse_simulation, simulate
+from snnrun.network import LIFLayer, Network
+from snnrun.schema import TrainedLeaky, parse_model, parse_simulation
+from snnrun.simulation import simulate
 from snnrun.sparse import _SpikeLinear, spike_linear
 from snnrun.surrogate import Surrogate
 from snnrun.training import TrainSettings, loss_of, make_optimizer, small_network_threads, using_threads
@@ -259,7 +260,7 @@ def open_neuromorphic(neurons: int, repeats: int, tf32: bool = False) -> list[di
         torch.manual_seed(0)
         if peer == "snnrun":
             linear = torch.nn.Linear(neurons, neurons)
-            lif = LIFLayer(neurons, NeuronSpec(beta=0.95), Surrogate("atan", 2.0))
+            lif = LIFLayer(neurons, TrainedLeaky(beta=0.95), Surrogate("atan", 2.0))
             model = torch.nn.Sequential(linear, lif).to(DEVICE)
 
             def forward(model=model, linear=linear, lif=lif):

@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from snnrun import __version__
-from snnrun.config import ConfigError
+from snnrun.config import ConfigError, UserError
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -86,15 +86,12 @@ def user_errors(command):
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except ConfigError as error:
+        except UserError as error:  # a bad config, missing data, a folder that is not a run, ...
             _error(str(error))
-            raise typer.Exit(2) from None
+            raise typer.Exit(error.exit_code) from None
         except OSError as error:
             where = f": {error.filename}" if getattr(error, "filename", None) else ""
             _error(f"{error.strerror or error}{where}")
-            raise typer.Exit(2) from None
-        except _data_error() as error:
-            _error(str(error))
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/yellow]")
@@ -103,13 +100,8 @@ def user_errors(command):
     return wrapper
 
 
-def _data_error() -> type[Exception] | tuple:
-    """snnrun.data's DataError once that module is loaded (it imports torch; nothing raises one before)."""
-    data = sys.modules.get("snnrun.data")
-    return data.DataError if data is not None else ()
-
-
-def progress_bar(description: str) -> Progress:
+def progress_bar(description: str = "[bold]{task.description}", stats: str | None = None, **options) -> Progress:
+    """A rich progress bar on stderr: the description, bar, done/total, (stats,) elapsed and remaining time."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -119,8 +111,9 @@ def progress_bar(description: str) -> Progress:
         TimeRemainingColumn,
     )
 
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True)
+    middle = [TextColumn(stats)] if stats else []
+    return Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), *middle, TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=err, **{"transient": True, **options})
 
 
 @app.command(epilog="Examples:\n\n"
@@ -146,7 +139,7 @@ def simulate(
     _notes(notes)
     stop = StopFlag(at_once=True)  # the run folder is built aside: stopping anywhere leaves nothing half-written
     try:
-        with stop.installed(), progress_bar("simulate") as bar:
+        with stop.installed(), progress_bar() as bar:
             task = bar.add_task("simulate", total=cfg.time_steps)
             run = run_simulation(cfg, out_dir, lambda n: bar.advance(task, n), into, notes)
     except KeyboardInterrupt:
@@ -222,17 +215,8 @@ def train(
                                                "is kept as it is).")] = None,
 ) -> None:
     """Train a feedforward LIF network on MNIST; write metrics, checkpoints and plots."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     from snnrun import distributed
-    from snnrun.commands import continue_finished, load_train_config, run_training
+    from snnrun.commands import continue_finished, launch_processes, load_train_config, run_training
     from snnrun.training import Callbacks, TrainingDiverged, TrainingInterrupted
 
     if tensorboard and resume is None:
@@ -249,22 +233,17 @@ def train(
     ranks = distributed.from_environment()
     if ranks.main:
         _notes(notes)
-    if nproc > 1 and not ranks.active:
-        gpus = _cuda_devices() if cfg.device != "cpu" else 0
-        if 0 < gpus < nproc:
-            raise ConfigError(f"--nproc {nproc} is not allowed: this machine has {gpus} CUDA device(s), one "
-                              "process per GPU (or use --device cpu)", source="--nproc")
-        args = ["train", *([str(config)] if config else []), "--out", str(out_dir),
-                *[a for item in set_ or [] for a in ("--set", item)], *(["--device", device] if device else []),
-                *(["--resume", str(resume)] if resume else []), *(["--force"] if force else []),
-                *(["--into", str(into)] if into else [])]
-        raise typer.Exit(_launch(nproc, args))
+    args = ["train", *([str(config)] if config else []), "--out", str(out_dir),  # each process's command line
+            *[a for item in set_ or [] for a in ("--set", item)], *(["--device", device] if device else []),
+            *(["--resume", str(resume)] if resume else []), *(["--force"] if force else []),
+            *(["--into", str(into)] if into else [])]
+    launched = launch_processes(nproc, args, cfg.device, ranks)  # --nproc: the processes have run
+    if launched is not None:
+        raise typer.Exit(launched)
     stop = StopFlag(abort_on_second=not ranks.active)  # under torchrun the launcher repeats the signal
     folder_box: list[Path] = []
-    with stop.installed(), Progress(TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
-                                    BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
-                                    TimeElapsedColumn(), TimeRemainingColumn(), console=err,
-                                    disable=not ranks.main) as bar:
+    with stop.installed(), progress_bar("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}",
+                                        "{task.fields[stats]}", transient=False, disable=not ranks.main) as bar:
         task = bar.add_task("train", total=None, epoch=0, epochs=cfg.train.epochs, stats="", visible=False)
 
         def epoch_started(epoch: int, batches: int, done: int) -> None:  # (done > 0 when resumed mid-epoch)
@@ -303,36 +282,6 @@ def train(
         return
     out.print(_training_table(run))
     print(run.folder, flush=True)
-
-
-def _cuda_devices() -> int:
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def _launch(nproc: int, args: list[str]) -> int:
-    """Run `snnrun ARGS` on nproc local processes; the exit code to leave with."""
-    from torch.distributed.elastic.multiprocessing import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-
-    from snnrun import distributed
-
-    try:
-        distributed.launch(nproc, args)
-    except SignalException as why:  # Ctrl-C or SIGTERM: the ranks have saved a checkpoint and stopped
-        return 128 + int(why.sigval)
-    except ChildFailedError as why:
-        codes = {failure.exitcode for failure in why.failures.values()}
-        interrupted = codes & {130, 143}
-        if interrupted:
-            return interrupted.pop()
-        rank, first = why.get_first_failure()
-        how = f"was killed by signal {-first.exitcode}" if first.exitcode < 0 else f"exited with {first.exitcode}"
-        err.print(f"[bold red]error:[/bold red] process {rank} of {nproc} {how}; the others were stopped. "
-                  "The last checkpoint is kept (snnrun train --resume RUN_DIR continues from it).", soft_wrap=True)
-        return 2 if codes == {2} else 1
-    return 0
 
 
 class StopFlag:
@@ -395,8 +344,7 @@ def _training_table(run) -> Table:
     if s["best_val_accuracy"] is not None:
         table.add_row("validation accuracy", f"{100 * s['best_val_accuracy']:.2f} %")
     table.add_row(f"test accuracy ({s['test_images']} images)", f"[bold]{100 * s['test_accuracy']:.2f} %[/bold]")
-    for i, rate in enumerate(s["test_spikes_per_neuron_step"]):
-        name = "output" if i == len(s["test_spikes_per_neuron_step"]) - 1 else f"hidden {i + 1}"
+    for name, rate in zip(run.config.model.layer_names, s["test_spikes_per_neuron_step"], strict=True):
         table.add_row(f"spikes per neuron per step, {name}", f"{rate:.4f}")
     return table
 
@@ -485,7 +433,7 @@ def sweep(
                                 parallel)
         name = str(base.get("name") or config.stem)
     stop = StopFlag(abort_on_second=False)
-    with stop.installed(), progress_bar("sweep") as bar:
+    with stop.installed(), progress_bar() as bar:
         task = bar.add_task("sweep", total=len(plan.members))
 
         def started(member) -> None:

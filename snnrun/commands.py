@@ -22,6 +22,9 @@ from snnrun import sweep as sweeps
 from snnrun.config import (
     ConfigError,
     KindSwitch,
+    NIRFileError,
+    RunFolderError,
+    UserError,
     apply_overrides,
     config_path,
     dump_yaml,
@@ -29,7 +32,7 @@ from snnrun.config import (
     switch_kinds,
     to_dict,
 )
-from snnrun.data import load_mnist
+from snnrun.data import Split, load_mnist
 from snnrun.devices import available_memory, resolve_device
 from snnrun.evaluation import TrainedRun, evaluate_run, load_network, locate
 from snnrun.network import Network
@@ -43,30 +46,27 @@ from snnrun.runs import (
     write_json,
     write_text,
 )
-from snnrun.simulation import KIND_KEYS as SIMULATION_KINDS
-from snnrun.simulation import (
+from snnrun.schema import (
+    SIMULATION_KINDS,
+    TRAIN_KINDS,
     SimulationConfig,
-    SimulationResult,
-    check_memory,
-    memory_estimate,
+    TrainConfig,
+    config_to_dict,
     parse_simulation,
-    simulate,
+    parse_train,
 )
+from snnrun.simulation import SimulationResult, check_memory, memory_estimate, simulate
 from snnrun.stimulus import KINDS
 from snnrun.tensorboard_log import TensorBoardLog, require_tensorboard
-from snnrun.training import KIND_KEYS as TRAIN_KINDS
 from snnrun.training import (
     RESUME_KEYS,
     Callbacks,
     CheckpointError,
-    TrainConfig,
     TrainingInterrupted,
-    config_to_dict,
     cpu_threads,
     encode,
     initial_weights,
     load_splits,
-    parse_train,
     read_checkpoint,
     save_checkpoint,
     train,
@@ -142,7 +142,7 @@ def blame_overrides(overrides: list[str], device: str | None, current: str | Non
     `--current`."""
     try:
         yield
-    except ConfigError as error:
+    except UserError as error:  # a config value, or a device this machine lacks: both name their key
         given = {"stimulus": f"--current {current}"} if current is not None else {}
         given.update({item.partition("=")[0].strip(): f"--set {item}" for item in overrides})
         if device is not None:
@@ -154,7 +154,7 @@ def blame_overrides(overrides: list[str], device: str | None, current: str | Non
         if origin is None:
             raise
         source = f"{error.source} ({origin})" if error.source else origin
-        raise ConfigError(error.detail, source=source, key=error.key, related=error.related) from None
+        raise type(error)(error.detail, source=source, key=error.key, related=error.related) from None
 
 
 def run_simulation(cfg: SimulationConfig, out: Path, progress: Callable[[int], None] | None = None,
@@ -225,9 +225,9 @@ def load_train_config(path: Path | None, overrides: list[str], device: str | Non
                           "either a config (a new run) or --resume RUN_DIR", source="snnrun train")
     if resume is not None:
         if not (resume / "checkpoints" / "last.pt").is_file():
-            raise ConfigError("nothing to resume: no checkpoints/last.pt in this folder", source=str(resume))
+            raise RunFolderError("nothing to resume: no checkpoints/last.pt in this folder", source=str(resume))
         if (resume / "summary.json").is_file():
-            raise ConfigError("this run has finished; a finished run is never overwritten", source=str(resume))
+            raise RunFolderError("this run has finished; a finished run is never overwritten", source=str(resume))
         path = resume / "config.yaml"
     if path is None:
         raise ConfigError("give a config file (e.g. configs/mnist.yaml) or --resume RUN_DIR", source="snnrun train")
@@ -251,12 +251,12 @@ def load_train_config(path: Path | None, overrides: list[str], device: str | Non
         try:
             saved = read_checkpoint(checkpoint, keys=RESUME_KEYS).get("config")
         except CheckpointError as error:
-            raise ConfigError(f"{error}; nothing to resume from", source=str(checkpoint)) from None
+            raise RunFolderError(f"{error}; nothing to resume from", source=str(checkpoint)) from None
         edited = config_changes(saved, config_to_dict(cfg)) if saved is not None else []
         if edited and not force:
-            raise ConfigError(f"config.yaml was edited after the checkpoint was written ({'; '.join(edited)}); "
-                              "restore it, or pass --force to continue with the edited config",
-                              source=str(path))
+            raise RunFolderError(f"config.yaml was edited after the checkpoint was written ({'; '.join(edited)}); "
+                                 "restore it, or pass --force to continue with the edited config",
+                                 source=str(path))
     return cfg, resume
 
 
@@ -264,13 +264,13 @@ def continue_finished(finished: Path, epochs: int, out: Path, into: Path | None 
     """A new run folder that continues a finished run to `epochs` epochs: its checkpoints, metrics and config
     (with train.epochs raised) copied in, ready for `--resume`. The finished run stays as it was."""
     if not (finished / "summary.json").is_file():
-        raise ConfigError("--epochs continues a finished run into a new folder; this one has not finished (resume "
-                          "it first: snnrun train --resume RUN)", source=str(finished))
+        raise RunFolderError("--epochs continues a finished run into a new folder; this one has not finished "
+                             "(resume it first: snnrun train --resume RUN)", source=str(finished))
     last = finished / "checkpoints" / "last.pt"
     try:
         state = read_checkpoint(last, keys=RESUME_KEYS)
     except (CheckpointError, FileNotFoundError) as error:
-        raise ConfigError(f"cannot continue from it ({error})", source=str(last)) from None
+        raise RunFolderError(f"cannot continue from it ({error})", source=str(last)) from None
     done = int(state["epoch"])
     if epochs <= done:
         raise ConfigError(f"{epochs} is not allowed; the run has trained {done} epochs, so give more",
@@ -309,6 +309,51 @@ def config_changes(before: dict, after: dict, prefix: str = "") -> list[str]:
     return changes
 
 
+class ProcessFailed(UserError):
+    """A process of a `--nproc` run failed and the launcher stopped the others; exit code 2 when every failed
+    process reported an error the user can fix (it exited with 2), else 1."""
+
+    def __init__(self, message: str, *, exit_code: int = 1, **where) -> None:
+        super().__init__(message, **where)
+        self.exit_code = exit_code
+
+
+def launch_processes(nproc: int, args: list[str], device: str, ranks: distributed.Ranks) -> int | None:
+    """Train on `nproc` processes of this machine: run `snnrun ARGS` (the train command line, without --nproc)
+    on each through torchrun's launcher; the exit code to leave with (0, or 130/143 when stopped by Ctrl-C or
+    SIGTERM: the ranks have saved a checkpoint). None when this process trains by itself: one process asked
+    for, or it is already one of torchrun's ranks. On CUDA (`device` not cpu) one process per GPU: more
+    processes than GPUs is a ConfigError; a failed process is a ProcessFailed (the others are stopped)."""
+    if nproc <= 1 or ranks.active:
+        return None
+    gpus = _cuda_devices() if device != "cpu" else 0
+    if 0 < gpus < nproc:
+        raise ConfigError(f"--nproc {nproc} is not allowed: this machine has {gpus} CUDA device(s), one "
+                          "process per GPU (or use --device cpu)", source="--nproc")
+    from torch.distributed.elastic.multiprocessing import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    try:
+        distributed.launch(nproc, args)
+    except SignalException as why:  # Ctrl-C or SIGTERM: the ranks have saved a checkpoint and stopped
+        return 128 + int(why.sigval)
+    except ChildFailedError as why:
+        codes = {failure.exitcode for failure in why.failures.values()}
+        interrupted = codes & {130, 143}
+        if interrupted:
+            return interrupted.pop()
+        rank, first = why.get_first_failure()
+        how = f"was killed by signal {-first.exitcode}" if first.exitcode < 0 else f"exited with {first.exitcode}"
+        raise ProcessFailed(f"process {rank} of {nproc} {how}; the others were stopped. The last checkpoint is "
+                            "kept (snnrun train --resume RUN_DIR continues from it).",
+                            exit_code=2 if codes == {2} else 1) from None
+    return 0
+
+
+def _cuda_devices() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def run_training(cfg: TrainConfig, out: Path, callbacks: Callbacks, resume: Path | None = None,
                  on_folder: Callable[[Path], None] | None = None,
                  ranks: distributed.Ranks = distributed.SINGLE, into: Path | None = None,
@@ -329,22 +374,24 @@ def run_training(cfg: TrainConfig, out: Path, callbacks: Callbacks, resume: Path
             cfg = replace(cfg, threads=torch.get_num_threads())
         if ranks.active:
             device = distributed.start(ranks, device)
-            try:
-                return _train_in_folder(cfg, out, callbacks, resume, on_folder, device, ranks, into, notes)
-            finally:
+        try:
+            splits = load_splits(cfg, device)  # read once, handed to the training, TensorBoard and the plots
+            return _train_in_folder(cfg, splits, out, callbacks, resume, on_folder, device, ranks, into, notes)
+        finally:
+            if ranks.active:
                 distributed.finish()
-        return _train_in_folder(cfg, out, callbacks, resume, on_folder, device, ranks, into, notes)
 
 
 def _check_empty(into: Path | None) -> None:
     if into is not None and into.is_dir() and any(into.iterdir()):
-        raise ConfigError("the folder is not empty; a run is never written over another (give a new folder)",
-                          source=str(into))
+        raise RunFolderError("the folder is not empty; a run is never written over another (give a new folder)",
+                             source=str(into))
 
 
-def _train_in_folder(cfg, out, callbacks, resume, on_folder, device, ranks, into, notes=None) -> TrainingRun | None:
+def _train_in_folder(cfg, splits, out, callbacks, resume, on_folder, device, ranks, into,
+                     notes=None) -> TrainingRun | None:
     if not ranks.main:
-        train(cfg, resume, device, callbacks, resume=resume is not None, ranks=ranks)
+        train(cfg, resume, device, callbacks, resume=resume is not None, ranks=ranks, splits=splits)
         distributed.all_done(ranks)  # while rank 0 writes the run folder
         return None
     if resume is None:
@@ -366,7 +413,7 @@ def _train_in_folder(cfg, out, callbacks, resume, on_folder, device, ranks, into
         epoch_done(record)
 
     callbacks = replace(callbacks, epoch_done=record_epoch)
-    board = _tensorboard_log(cfg, folder, device) if cfg.tensorboard else None
+    board = _tensorboard_log(cfg, folder, device, splits) if cfg.tensorboard else None
     if board is not None:
         callbacks = replace(callbacks, inspect=board.epoch)
     with open(folder / "run.log", "a", encoding="utf-8") as log:
@@ -374,7 +421,7 @@ def _train_in_folder(cfg, out, callbacks, resume, on_folder, device, ranks, into
         log.write(f"{'resumed' if resume else 'started'} on {device}{processes}: {' '.join(sys.argv)}\n")
         log.write("".join(f"{note}\n" for note in notes or []))
     try:
-        summary = train(cfg, folder, device, callbacks, resume=resume is not None, ranks=ranks)
+        summary = train(cfg, folder, device, callbacks, resume=resume is not None, ranks=ranks, splits=splits)
     finally:
         if board is not None:
             board.close()
@@ -382,7 +429,7 @@ def _train_in_folder(cfg, out, callbacks, resume, on_folder, device, ranks, into
     # whole again from the checkpointed history: a run killed between a checkpoint and its metrics line loses none
     write_text(folder / "metrics.jsonl", "".join(json.dumps(record) + "\n" for record in history))
     write_csv(folder / "metrics.csv", [flatten(record) for record in history])
-    skipped = _plot_training(cfg, folder, history, device, callbacks.should_stop)
+    skipped = _plot_training(cfg, folder, history, device, splits[2], callbacks.should_stop)
     if skipped:  # stopped while plotting: weights and scores are final, but without summary.json the run is not
         # finished, so `--resume` (which only scores and plots again: last.pt holds the final epoch) completes it
         accuracy = f"test accuracy {100 * summary['test_accuracy']:.2f} %"
@@ -400,17 +447,17 @@ def _train_in_folder(cfg, out, callbacks, resume, on_folder, device, ranks, into
     return TrainingRun(folder, cfg, summary)
 
 
-def _tensorboard_log(cfg: TrainConfig, folder: Path, device) -> TensorBoardLog:
+def _tensorboard_log(cfg: TrainConfig, folder: Path, device, splits) -> TensorBoardLog:
     """A TensorBoard log whose per-epoch probe is the first 64 validation digits (test digits without a
     validation set), encoded once with a fixed seed so every epoch sees the same input."""
-    _, val, test = load_splits(cfg, device)
+    _, val, test = splits
     data = val if len(val) else test
     generator = torch.Generator(device=device).manual_seed(cfg.train.seed + 2)
     inputs = encode(data.images[:64], cfg, generator)
     return TensorBoardLog(folder, (inputs, data.images[0].cpu().numpy(), int(data.labels[0])))
 
 
-def _plot_training(cfg: TrainConfig, folder: Path, history: list[dict], device,
+def _plot_training(cfg: TrainConfig, folder: Path, history: list[dict], device, test: Split,
                    should_stop: Callable[[], bool] = lambda: False) -> list[str]:
     """curves.png, and raster/membrane/spike-count plots of the trained network on the first test digit.
 
@@ -421,7 +468,6 @@ def _plot_training(cfg: TrainConfig, folder: Path, history: list[dict], device,
     def first_digit() -> dict:  # the trained network on the first test digit, run once for the plots after curves
         if not digit:
             model = load_network(locate(folder), device)
-            _, _, test = load_splits(cfg, device)
             image, label, out = _first_digit(model, cfg, test)
             digit.update(model=model, image=image, label=label, out=out, predicted=int(out.logits.argmax(dim=1)))
         return digit
@@ -435,8 +481,7 @@ def _plot_training(cfg: TrainConfig, folder: Path, history: list[dict], device,
         out = d["out"]
         layers = [spikes[:, 0].cpu().numpy() for spikes in out.recorded]
         names = ["input current" if cfg.encoding.kind == "direct" else "input"]
-        names += [f"hidden {i + 1}" for i in range(len(cfg.model.hidden))]
-        names += ["output"] if out.spikes is not None else []
+        names += cfg.model.layer_names[:len(out.recorded) - 1]
         plots.network_raster(layers, names, d["image"], d["label"], d["predicted"], folder / "raster.png")
 
     def membrane() -> None:
@@ -519,7 +564,10 @@ def run_evaluation(path: Path, split: str = "test", device: str | None = None,
     run = scored_with(locate(path), list(overrides))
     torch_device = resolve_device(device or run.config.device, source="--device" if device else None)
     ensure_writable(run.folder / "eval")
-    report = evaluate_run(run, torch_device, split)
+    model = load_network(run, torch_device)  # a damaged checkpoint fails before any data is read
+    _, val_set, test_set = load_splits(run.config, torch_device)
+    data = test_set if split == "test" else val_set
+    report = evaluate_run(run, model, data, split)
     if overrides:
         report["overrides"] = list(overrides)
     accuracy = f"{split} accuracy {100 * report['accuracy']:.2f} %"
@@ -529,9 +577,7 @@ def run_evaluation(path: Path, split: str = "test", device: str | None = None,
                         f"{run.folder.name}: {accuracy}")
 
     def animation() -> None:
-        model = load_network(run, torch_device)
-        _, val_set, test_set = load_splits(run.config, torch_device)
-        image, label, out = _first_digit(model, run.config, test_set if split == "test" else val_set)
+        image, label, out = _first_digit(model, run.config, data)
         _animate_counts(model, image, label, out, staged.path / "spike_counts.gif", should_stop)
 
     with StagedRun(run.folder / "eval", split) as staged:
@@ -691,9 +737,9 @@ def run_import(path: Path, out: Path, overrides: list[str], dt: float | None = N
     full = model.state_dict()  # scalar decays and thresholds come from the config; tensors from the graph
     for key, value in state.items():
         if key not in full or full[key].shape != value.shape:
-            raise ConfigError(f"the graph does not fit the network it describes ({key}: "
-                              f"{tuple(value.shape)} vs {tuple(full[key].shape) if key in full else 'none'})",
-                              source=str(path))
+            raise NIRFileError(f"the graph does not fit the network it describes ({key}: "
+                               f"{tuple(value.shape)} vs {tuple(full[key].shape) if key in full else 'none'})",
+                               source=str(path))
         full[key] = value
     model.load_state_dict(full)
     ensure_writable(out if into is None else into)

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from snnrun.config import ConfigError, load_yaml
+from snnrun.config import RunFolderError, load_yaml
 from snnrun.runs import flatten
 
 TRAIN_METRICS = ("best_val_accuracy", "test_accuracy", "best_epoch", "epochs", "train_seconds")
@@ -44,28 +44,28 @@ def expand(paths: list[Path]) -> list[Path]:
         if (path / "sweep.json").is_file():
             members = sorted(p for p in path.iterdir() if p.is_dir() and run_kind(p))
             if not members:
-                raise ConfigError("a sweep with no finished members yet", source=str(path))
+                raise RunFolderError("a sweep with no finished members yet", source=str(path))
             folders += members
         elif run_kind(path) is not None:
             folders.append(path)
         elif path.is_dir() and (path / "config.yaml").is_file():
-            raise ConfigError("the run has not finished (no summary.json or metrics.json); finish it first",
-                              source=str(path))
+            raise RunFolderError("the run has not finished (no summary.json or metrics.json); finish it first",
+                                 source=str(path))
         else:
-            raise ConfigError("not a run or sweep folder (compare takes train or simulate run folders, or sweeps)",
-                              source=str(path))
+            raise RunFolderError("not a run or sweep folder (compare takes train or simulate run folders, or sweeps)",
+                                 source=str(path))
     return folders
 
 
 def load(paths: list[Path]) -> list[ComparedRun]:
     folders = expand(paths)
     if len(folders) < 2:
-        raise ConfigError("compare needs at least two runs (or a sweep with two finished members)",
-                          source=str(paths[0]) if paths else "snnrun compare")
+        raise RunFolderError("compare needs at least two runs (or a sweep with two finished members)",
+                             source=str(paths[0]) if paths else "snnrun compare")
     kinds = {run_kind(f) for f in folders}
     if len(kinds) > 1:
-        raise ConfigError("train runs and simulate runs cannot be compared with each other",
-                          source=" ".join(map(str, paths)))
+        raise RunFolderError("train runs and simulate runs cannot be compared with each other",
+                             source=" ".join(map(str, paths)))
     runs = []
     for folder in folders:
         kind = run_kind(folder)

@@ -3,6 +3,10 @@
 Every section is a frozen dataclass whose fields carry their own rule (type, range,
 choices, documentation). `parse(cls, mapping, ...)` checks a mapping against it and
 raises `ConfigError` naming the file, the key, the value and what is allowed.
+
+`ConfigError` is one kind of `UserError`, the base of every problem a person can fix (missing data, a folder
+that is not a run, a NIR or image file that cannot be read, a device this machine lacks): the CLI catches them
+as one type, prints the message and exits with code 2.
 """
 
 from __future__ import annotations
@@ -18,8 +22,12 @@ from typing import Any
 import yaml
 
 
-class ConfigError(ValueError):
-    """A config problem a person can fix: names the file, the key, the value and what is allowed."""
+class UserError(Exception):
+    """A problem a person can fix, with a message for people: the CLI prints `source: key: message` as one line
+    and exits with `exit_code` (2), without a traceback. `source` is the file, folder or option at fault, `key`
+    the config key (if any), `detail` the message alone."""
+
+    exit_code = 2
 
     def __init__(self, message: str, *, source: str | None = None, key: str | None = None,
                  related: tuple[str, ...] = ()):
@@ -29,6 +37,30 @@ class ConfigError(ValueError):
         self.detail = message
         where = ": ".join(part for part in (source, key) if part)
         super().__init__(f"{where}: {message}" if where else message)
+
+
+class ConfigError(UserError, ValueError):
+    """A config problem a person can fix: names the file, the key, the value and what is allowed."""
+
+
+class DataError(UserError):
+    """The data set (MNIST) is missing or damaged; the message says how to get it."""
+
+
+class RunFolderError(UserError):
+    """A run, sweep or checkpoint folder given is not one the command takes, or not in the state it needs."""
+
+
+class NIRFileError(UserError):
+    """A NIR file cannot be read, or describes a network snnrun does not build."""
+
+
+class ImageFileError(UserError):
+    """An image file given to predict is missing or cannot be read as digits."""
+
+
+class DeviceError(UserError):
+    """The device asked for is not on this machine."""
 
 
 # --------------------------------------------------------------------------- fields

@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import importlib.metadata
 import io
-import os
 import pickle
 import struct
 from dataclasses import dataclass
@@ -18,6 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from snnrun.config import DataError
+from snnrun.runs import write_atomically
 
 FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -28,10 +30,6 @@ FILES = {
 # Images per class in the canonical sets: the check that a conversion produced real MNIST.
 TRAIN_CLASS_COUNTS = (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949)
 TEST_CLASS_COUNTS = (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)
-
-
-class DataError(RuntimeError):
-    """MNIST is missing or damaged; the message says how to get it."""
 
 
 @dataclass
@@ -100,9 +98,8 @@ def read_idx(path: Path) -> torch.Tensor:
 
 def write_idx(path: Path, array: np.ndarray) -> None:
     header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
-    os.replace(tmp, path)
+    body = np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    write_atomically(path, lambda handle: handle.write(header + body))
 
 
 # --------------------------------------------------------------------------- offline source

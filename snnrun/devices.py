@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from snnrun.config import ConfigError
+from snnrun.config import ConfigError, DeviceError
 
 ALLOWED = "auto, cpu, cuda, cuda:N or mps"
 
@@ -29,16 +29,16 @@ def resolve_device(spec: str, *, source: str | None = None, key: str = "device")
     match = re.fullmatch(r"cuda(?::(\d+))?", spec)
     if match:
         if not torch.cuda.is_available():
-            raise ConfigError(f"{spec} is not available: this machine has no CUDA device (use cpu or auto)",
+            raise DeviceError(f"{spec} is not available: this machine has no CUDA device (use cpu or auto)",
                               source=source, key=key)
         index = int(match.group(1) or 0)
         if index >= torch.cuda.device_count():
-            raise ConfigError(f"{spec} is not available: this machine has {torch.cuda.device_count()} CUDA "
+            raise DeviceError(f"{spec} is not available: this machine has {torch.cuda.device_count()} CUDA "
                               f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}", source=source, key=key)
         return torch.device("cuda", index)
     if spec == "mps":
         if not _mps_available():
-            raise ConfigError("mps is not available on this machine (use cpu or auto)", source=source, key=key)
+            raise DeviceError("mps is not available on this machine (use cpu or auto)", source=source, key=key)
         return torch.device("mps")
     raise ConfigError(f"{spec!r} is not allowed; expected {ALLOWED}", source=source, key=key)
 

@@ -12,6 +12,7 @@ is exactly the gradient of the global batch's mean loss, whatever the split.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import sys
 import uuid
@@ -118,6 +119,21 @@ def gather(ranks: Ranks, obj) -> list:
     out: list = [None] * ranks.world
     dist.all_gather_object(out, obj)
     return out
+
+
+def replicate(model: torch.nn.Module, ranks: Ranks, device: torch.device) -> torch.nn.Module:
+    """What the batches go through: the network itself, or with several ranks its DistributedDataParallel
+    wrapper (identical replicas; the buffers, beta and threshold, are constants, so never re-broadcast)."""
+    if not ranks.active:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None, **_NO_BUFFER_SYNC)
+
+
+# (torch 2.14 renamed broadcast_buffers; the old name still works but warns)
+_NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
+                   if "forward_sync_buffers" in inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters
+                   else {"broadcast_buffers": False})
 
 
 def weights_digest(model: torch.nn.Module) -> str:

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import torch
 
-from snnrun.config import ConfigError, load_yaml
+from snnrun.config import RunFolderError, load_yaml
+from snnrun.data import Split
 from snnrun.network import Network
-from snnrun.training import CheckpointError, TrainConfig, evaluate, load_splits, parse_train, read_checkpoint
+from snnrun.schema import TrainConfig, parse_train
+from snnrun.training import CheckpointError, evaluate, read_checkpoint
 
 
 @dataclass
@@ -27,18 +29,19 @@ def locate(path: Path) -> TrainedRun:
     elif path.is_file():
         folder, checkpoint = path.parent.parent, path
     else:
-        raise ConfigError("no such run folder or checkpoint", source=str(path))
+        raise RunFolderError("no such run folder or checkpoint", source=str(path))
     takes = "eval takes a training run folder (outputs/train/<run>) or one of its checkpoints/*.pt"
     if path.is_file() and path.suffix in (".yaml", ".yml"):
-        raise ConfigError(f"a config file, not a run; {takes} (train it first: snnrun train {path})", source=str(path))
+        raise RunFolderError(f"a config file, not a run; {takes} (train it first: snnrun train {path})",
+                             source=str(path))
     if not (folder / "config.yaml").is_file():
-        raise ConfigError(f"not a run folder (no config.yaml); {takes}", source=str(folder))
+        raise RunFolderError(f"not a run folder (no config.yaml); {takes}", source=str(folder))
     if (folder / "traces.npz").is_file() or (folder / "sweep.json").is_file():
         kind = "a simulate run" if (folder / "traces.npz").is_file() else "a sweep folder"
-        raise ConfigError(f"{kind}, which has no trained network; {takes}", source=str(folder))
+        raise RunFolderError(f"{kind}, which has no trained network; {takes}", source=str(folder))
     if not checkpoint.is_file():
-        raise ConfigError("the run has no checkpoint yet (checkpoints/best.pt is written after the first epoch)",
-                          source=str(folder))
+        raise RunFolderError("the run has no checkpoint yet (checkpoints/best.pt is written after the first epoch)",
+                             source=str(folder))
     config = parse_train(load_yaml(folder / "config.yaml"), str(folder / "config.yaml"))
     return TrainedRun(folder, config, checkpoint)
 
@@ -49,19 +52,17 @@ def load_network(run: TrainedRun, device) -> Network:
     try:
         model.load_state_dict(read_checkpoint(run.checkpoint, device)["model"])
     except CheckpointError as error:
-        raise ConfigError(str(error), source=str(run.checkpoint)) from None
+        raise RunFolderError(str(error), source=str(run.checkpoint)) from None
     except (RuntimeError, TypeError, AttributeError) as error:  # tensors of other shapes or names
         reason = str(error).strip().splitlines()[0]
-        raise ConfigError(f"not a checkpoint of this run's network ({reason[:200]})",
-                          source=str(run.checkpoint)) from None
+        raise RunFolderError(f"not a checkpoint of this run's network ({reason[:200]})",
+                             source=str(run.checkpoint)) from None
     return model
 
 
-def evaluate_run(run: TrainedRun, device, split: str = "test") -> dict:
+def evaluate_run(run: TrainedRun, model: Network, data: Split, split: str = "test") -> dict:
+    """The report of `eval`: the run's network (`load_network`) scored on a split (`training.load_splits`)."""
     cfg = run.config
-    model = load_network(run, device)  # a damaged checkpoint fails before any data is read
-    _, val_set, test_set = load_splits(cfg, device)
-    data = test_set if split == "test" else val_set
     result = evaluate(model, data, cfg, with_predictions=True)
     labels = data.labels.cpu()
     predictions = result.pop("predictions")
@@ -75,16 +76,12 @@ def evaluate_run(run: TrainedRun, device, split: str = "test") -> dict:
         "loss": result["loss"],
         "per_class_accuracy": per_class,
         "confusion": confusion.tolist(),
-        "spikes_per_sample": dict(zip(layer_names(model), result["spikes_per_sample"], strict=True)),
-        "spikes_per_neuron_step": dict(zip(layer_names(model), result["spikes_per_neuron_step"], strict=True)),
+        "spikes_per_sample": dict(zip(model.layer_names, result["spikes_per_sample"], strict=True)),
+        "spikes_per_neuron_step": dict(zip(model.layer_names, result["spikes_per_neuron_step"], strict=True)),
         "input_spikes_per_sample": result["input_spikes_per_sample"],
         "synaptic_operations_per_inference": synaptic_operations(model, cfg, result),
         "checkpoint": str(run.checkpoint),
     }
-
-
-def layer_names(model: Network) -> list[str]:
-    return [f"hidden{i + 1}" for i in range(len(model.cfg.hidden))] + ["output"]
 
 
 def synaptic_operations(model: Network, cfg: TrainConfig, result: dict) -> dict:

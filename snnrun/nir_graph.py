@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from snnrun import __version__
-from snnrun.config import ConfigError
+from snnrun.config import NIRFileError, UserError
 from snnrun.network import Network
 
 DEFAULT_DT = 1e-4  # seconds; snnTorch's import assumes exactly this step
@@ -33,8 +33,8 @@ def require_nir():
     try:
         import nir
     except ImportError:
-        raise ConfigError("the nir package is not installed: pip install 'snnrun[nir]' (or pip install nir)",
-                          source="--format nir") from None
+        raise UserError("the nir package is not installed: pip install 'snnrun[nir]' (or pip install nir)",
+                        source="--format nir") from None
     return nir
 
 
@@ -128,7 +128,7 @@ def from_nir(graph, source: str, dt: float | None = None) -> tuple[dict, dict]:
                                              nir.CubaLI))), None)
         detail = f"node {odd[0]!r} is a {odd[1]}, which snnrun does not support" if odd else \
             f"the chain {' -> '.join(kinds)} is not one snnrun builds"
-        raise ConfigError(f"{detail}; snnrun imports {SUPPORTED}", source=source)
+        raise NIRFileError(f"{detail}; snnrun imports {SUPPORTED}", source=source)
     state, hidden, base = {}, [], None
     for i in range(0, len(hidden_pairs), 2):
         (_, weights), (nname, node) = hidden_pairs[i], hidden_pairs[i + 1]
@@ -175,18 +175,18 @@ def _chain(graph, source: str) -> list[tuple[str, object]]:
         successors.setdefault(a, []).append(b)
     inputs = [name for name, node in graph.nodes.items() if type(node).__name__ == "Input"]
     if len(inputs) != 1:
-        raise ConfigError(f"expected one Input node, found {len(inputs)}; snnrun imports {SUPPORTED}", source=source)
+        raise NIRFileError(f"expected one Input node, found {len(inputs)}; snnrun imports {SUPPORTED}", source=source)
     chain, name = [], inputs[0]
     while True:
         chain.append((name, graph.nodes[name]))
         after = successors.get(name, [])
         if len(after) > 1 or len(chain) > len(graph.nodes):
-            raise ConfigError(f"node {name!r} branches or loops; snnrun imports a chain {SUPPORTED}", source=source)
+            raise NIRFileError(f"node {name!r} branches or loops; snnrun imports a chain {SUPPORTED}", source=source)
         if not after:
             return chain
         name = after[0]
         if name not in graph.nodes:
-            raise ConfigError(f"an edge leads to {name!r}, which is not a node of the graph", source=source)
+            raise NIRFileError(f"an edge leads to {name!r}, which is not a node of the graph", source=source)
 
 
 def _weights(node) -> tuple[np.ndarray, np.ndarray]:
@@ -194,7 +194,7 @@ def _weights(node) -> tuple[np.ndarray, np.ndarray]:
     bias = np.asarray(getattr(node, "bias", None) if getattr(node, "bias", None) is not None
                       else np.zeros(weight.shape[0]), dtype=np.float64)
     if weight.ndim != 2:
-        raise ConfigError(f"a weight of shape {weight.shape} is not a dense layer", source="nir")
+        raise NIRFileError(f"a weight of shape {weight.shape} is not a dense layer", source="nir")
     return weight, bias
 
 
@@ -210,11 +210,11 @@ def _neuron_spec(nir, node, name: str, dt: float, source: str, integrator: bool)
     size = tau.size
     leak = np.asarray(node.v_leak, dtype=np.float64)
     if not np.allclose(leak, 0):
-        raise ConfigError(f"node {name!r} has v_leak != 0, which snnrun's neurons do not have", source=source)
+        raise NIRFileError(f"node {name!r} has v_leak != 0, which snnrun's neurons do not have", source=source)
     beta = np.where(np.isinf(tau), 1.0, 1.0 - dt / tau)
     if np.any(beta < 0) or np.any(beta > 1):
-        raise ConfigError(f"node {name!r}: tau below dt = {dt:g} s gives a decay outside [0, 1]; pass a smaller "
-                          "--dt", source=source)
+        raise NIRFileError(f"node {name!r}: tau below dt = {dt:g} s gives a decay outside [0, 1]; pass a smaller "
+                           "--dt", source=source)
     r = np.broadcast_to(np.asarray(node.r, dtype=np.float64), (size,))
     with np.errstate(invalid="ignore"):
         scale = np.where(np.isinf(tau), r * dt, r * dt / tau)  # what one step adds per unit of input
@@ -227,8 +227,8 @@ def _neuron_spec(nir, node, name: str, dt: float, source: str, integrator: bool)
         tau_syn = np.broadcast_to(np.asarray(node.tau_syn, dtype=np.float64), (size,))
         alpha = np.where(np.isinf(tau_syn), 1.0, 1.0 - dt / tau_syn)
         if np.unique(alpha).size != 1:
-            raise ConfigError(f"node {name!r} has one tau_syn per neuron; snnrun's synaptic model shares one",
-                              source=source)
+            raise NIRFileError(f"node {name!r} has one tau_syn per neuron; snnrun's synaptic model shares one",
+                               source=source)
         spec["alpha"] = _short(alpha[0])
         w_in = np.broadcast_to(np.asarray(node.w_in, dtype=np.float64), (size,))
         scale = scale * np.where(np.isinf(tau_syn), w_in * dt, w_in * dt / tau_syn)
@@ -242,8 +242,8 @@ def _neuron_spec(nir, node, name: str, dt: float, source: str, integrator: bool)
     else:
         reset = np.asarray(node.v_reset if node.v_reset is not None else 0.0, dtype=np.float64)
         if not np.allclose(reset, 0):
-            raise ConfigError(f"node {name!r} has v_reset != 0, which snnrun's neurons do not have",
-                              source=source)
+            raise NIRFileError(f"node {name!r} has v_reset != 0, which snnrun's neurons do not have",
+                               source=source)
         threshold = np.broadcast_to(np.asarray(node.v_threshold, dtype=np.float64), (size,))
         if np.unique(threshold).size == 1:
             spec["threshold"] = _short(threshold[0])
@@ -260,9 +260,9 @@ def read(path: Path):
     try:
         return nir.read(path)
     except FileNotFoundError:
-        raise ConfigError("no such file", source=str(path)) from None
+        raise NIRFileError("no such file", source=str(path)) from None
     except Exception as error:  # h5py raises OSError/KeyError/ValueError for foreign or damaged files
-        raise ConfigError(f"not a NIR graph ({type(error).__name__}: {str(error)[:200]})", source=str(path)) from None
+        raise NIRFileError(f"not a NIR graph ({type(error).__name__}: {str(error)[:200]})", source=str(path)) from None
 
 
 def write(graph, path: Path) -> None:

@@ -385,6 +385,12 @@ def training_curves(history: list[dict], path: Path, title: str = "") -> Path:
 def network_raster(layers: list[np.ndarray], names: list[str], image: np.ndarray, label: int, predicted: int,
                    path: Path) -> Path:
     """Spikes of every layer for one digit (input, hidden..., output), the digit beside them."""
+    return _save(network_raster_figure(layers, names, image, label, predicted), path)
+
+
+def network_raster_figure(layers: list[np.ndarray], names: list[str], image: np.ndarray, label: int,
+                          predicted: int):
+    """`network_raster`'s figure, left open (for TensorBoard's add_figure, which closes it)."""
     fig = plt.figure(figsize=(11, 2.2 * len(layers) + 1))
     grid = fig.add_gridspec(len(layers), 2, width_ratios=[4, 1])
     for row, (spikes, name) in enumerate(zip(layers, names, strict=True)):
@@ -407,7 +413,7 @@ def network_raster(layers: list[np.ndarray], names: list[str], image: np.ndarray
     ax_img.set_title(f"label {label}, predicted {predicted}")
     ax_img.axis("off")
     fig.suptitle("spikes of each layer for one test digit")
-    return _save(fig, path)
+    return fig
 
 
 def output_membrane(membrane: np.ndarray, threshold: float, label: int, path: Path,

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from snnrun.config import ConfigError
+from snnrun.config import ImageFileError
 from snnrun.data import DataError, read_idx
 
 SIDE = 28
@@ -31,17 +31,17 @@ def read_images(paths: list[Path]) -> list[Image]:
     images = []
     for path in paths:
         if not path.is_file():
-            raise ConfigError("no such image file", source=str(path))
+            raise ImageFileError("no such image file", source=str(path))
         if "idx" in path.name or path.suffix == ".ubyte":
             try:
                 array = read_idx(path).numpy()
             except DataError as error:
-                raise ConfigError(str(error), source=str(path)) from None
+                raise ImageFileError(str(error), source=str(path)) from None
             if array.ndim == 2:
                 array = array[None]
             if array.ndim != 3:
-                raise ConfigError(f"an IDX file of images holds (count, rows, columns) bytes, not {array.shape}",
-                                  source=str(path))
+                raise ImageFileError(f"an IDX file of images holds (count, rows, columns) bytes, not "
+                                     f"{array.shape}", source=str(path))
             images += [_as_mnist(a, f"{path.name}[{i}]") for i, a in enumerate(array)]
         else:
             images.append(_as_mnist(_read_picture(path), path.name))
@@ -56,7 +56,7 @@ def _read_picture(path: Path) -> np.ndarray:
         with PILImage.open(path) as picture:
             return np.asarray(picture.convert("L"))
     except (UnidentifiedImageError, OSError) as error:
-        raise ConfigError(f"not an image file PIL can read ({error})", source=str(path)) from None
+        raise ImageFileError(f"not an image file PIL can read ({error})", source=str(path)) from None
 
 
 def _as_mnist(array: np.ndarray, name: str) -> Image:

@@ -6,10 +6,20 @@
 from __future__ import annotations
 
 from snnrun.config import reference_rows
-from snnrun.network import LayerSpec, ModelConfig, NeuronSpec, SurrogateSpec
-from snnrun.simulation import NEURONS, SimulationConfig
+from snnrun.schema import (
+    NEURONS,
+    TRAINED,
+    DataConfig,
+    EncodingConfig,
+    LayerSpec,
+    ModelConfig,
+    SimulationConfig,
+    SubsetConfig,
+    SurrogateSpec,
+    TrainConfig,
+    TrainSettings,
+)
 from snnrun.stimulus import STIMULI
-from snnrun.training import DataConfig, EncodingConfig, SubsetConfig, TrainConfig, TrainSettings
 
 UNIT_NOTE = ("The stimulus defaults below are for the unitless models. With a `lif` neuron, a current is in nA and the "
              "defaults that carry units are fitted to the neuron (its rheobase `(v_thresh_mv - v_rest_mv) / r_mohm`): "
@@ -38,8 +48,9 @@ def training_reference() -> str:
     parts = _table("Top level", TrainConfig)
     parts += _table("`data`", DataConfig, "data.")
     parts += _table("`model`", ModelConfig, "model.")
-    parts += _table("`model.neuron` (every layer; override per layer in `model.hidden` dicts and in `model.output`)",
-                    NeuronSpec, "model.neuron.")
+    for model, cls in TRAINED.items():
+        parts += _table(f"`model.neuron` with `model: {model}` (every layer; override per layer in `model.hidden` "
+                        "dicts and in `model.output`)", cls, "model.neuron.")
     parts += _table("`model.hidden` items given as dicts (plus any `model.neuron` key)", LayerSpec, "")
     parts += _table("`model.surrogate`", SurrogateSpec, "model.surrogate.")
     parts += _table("`encoding`", EncodingConfig, "encoding.")

@@ -109,8 +109,10 @@ def make_staging_dir(parent: Path) -> Path:
 
 def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Write a file atomically: write(handle) fills a hidden temporary file in the same folder, which is flushed
-    to disk and renamed over path, so a reader (or a crash) sees the old content or the new, never a torn one.
-    A failed write (e.g. a full disk) removes the temporary file and leaves the old content."""
+    to disk and renamed over path, so a reader (or a crash) sees the old content or the new, never a torn one;
+    then the folder is flushed too, so the rename itself survives a power cut. A failed write (e.g. a full disk)
+    removes the temporary file and leaves the old content."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with open(tmp, "wb") as handle:
@@ -121,6 +123,23 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Flush a folder's entries to disk (after a rename in it). Skipped quietly where the system cannot open a
+    folder (Windows) or its file system cannot flush one."""
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError as error:
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(handle)
 
 
 def write_text(path: Path, text: str) -> None:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import yaml
 
-from snnrun.config import ConfigError, dump_yaml, load_yaml
+from snnrun.config import ConfigError, RunFolderError, dump_yaml, load_yaml
 from snnrun.runs import flatten, write_json, write_text
 
 COMMANDS = ("train", "simulate")
@@ -253,14 +253,14 @@ def save_plan(folder: Path, config: dict, plan: Plan) -> None:
 def load_plan(folder: Path) -> Plan:
     path = folder / "sweep.json"
     if not path.is_file():
-        raise ConfigError("not a sweep folder (no sweep.json)", source=str(folder))
+        raise RunFolderError("not a sweep folder (no sweep.json)", source=str(folder))
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         axes = [Axis(**axis) for axis in data.pop("axes")]
         members = [Member(m["index"], m["name"], m["values"]) for m in data.pop("members")]
         return Plan(axes=axes, members=members, **data)
     except (ValueError, KeyError, TypeError) as error:
-        raise ConfigError(f"sweep.json is damaged ({error})", source=str(path)) from None
+        raise RunFolderError(f"sweep.json is damaged ({error})", source=str(path)) from None
 
 
 # --------------------------------------------------------------------------- running

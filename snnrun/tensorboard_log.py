@@ -8,14 +8,12 @@ validation digits, and the network raster of one digit as an image. The `tensorb
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from snnrun import plots
-from snnrun.config import ConfigError
+from snnrun.config import UserError
 
 EXTRA = "pip install 'snnrun[tensorboard]' (or pip install tensorboard)"
 
@@ -24,7 +22,7 @@ def require_tensorboard(source: str = "--tensorboard") -> None:
     try:
         import tensorboard  # noqa: F401
     except ImportError:
-        raise ConfigError(f"the tensorboard package is not installed: {EXTRA}", source=source) from None
+        raise UserError(f"the tensorboard package is not installed: {EXTRA}", source=source) from None
 
 
 class TensorBoardLog:
@@ -44,8 +42,7 @@ class TensorBoardLog:
                 continue
             group = "train" if key.startswith("train_") else "val" if key.startswith("val_") else "run"
             if isinstance(value, list):
-                for i, v in enumerate(value):
-                    name = "output" if i == len(value) - 1 else f"hidden{i + 1}"
+                for name, v in zip(model.layer_names, value, strict=True):
                     self.writer.add_scalar(f"{group}/{key}/{name}", v, step)
             else:
                 self.writer.add_scalar(f"{group}/{key}", value, step)
@@ -56,19 +53,13 @@ class TensorBoardLog:
         with torch.no_grad():
             out = model(self.inputs, record=True)
         model.train(was_training)
-        hidden = len(model.cfg.hidden)
-        names = [f"hidden {i + 1}" for i in range(hidden)] + (["output"] if out.spikes is not None else [])
+        names = model.layer_names[:len(out.recorded_membranes)]  # (no output neurons: no output membrane)
         for name, membrane in zip(names, out.recorded_membranes, strict=True):
-            self.writer.add_histogram(f"membrane/{name.replace(' ', '')}", membrane.cpu(), step)
+            self.writer.add_histogram(f"membrane/{name}", membrane.cpu(), step)
         layers = [spikes[:, 0].cpu().numpy() for spikes in out.recorded]
         names = ["input", *names]
-        buffer = io.BytesIO()
-        plots.network_raster(layers, names, self.image, self.label, int(out.logits[0].argmax()), buffer)
-        from PIL import Image
-
-        buffer.seek(0)
-        picture = np.asarray(Image.open(buffer).convert("RGB"))
-        self.writer.add_image("raster", picture, step, dataformats="HWC")
+        figure = plots.network_raster_figure(layers, names, self.image, self.label, int(out.logits[0].argmax()))
+        self.writer.add_figure("raster", figure, step)  # rendered to an image, then closed
         self.writer.flush()
 
     def close(self) -> None:

@@ -1,6 +1,6 @@
 """`train`: the story of a training run, top to bottom.
 
-Config schema (data, encoding, train sections) -> data on the device -> network ->
+A `schema.TrainConfig` -> data on the device -> network ->
 epochs of shuffled index batches with surrogate-gradient BPTT -> validation -> checkpoints
 -> the best epoch scored once on the test set. Nothing here prints: progress and
 per-epoch records go to callbacks, files go into the run folder given.
@@ -9,7 +9,7 @@ per-epoch records go to callbacks, files go into the run folder given.
 from __future__ import annotations
 
 import contextlib
-import inspect
+import dataclasses
 import math
 import os
 import time
@@ -19,111 +19,16 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from snnrun import distributed
 from snnrun import encoding as encodings
-from snnrun.config import ConfigError, KindKey, choice, field, integer, number, parse
+from snnrun.config import ConfigError
 from snnrun.data import Split, load_mnist, validation_split
 from snnrun.distributed import Ranks
-from snnrun.network import Network, NetworkOutput, parse_model
+from snnrun.network import Network, NetworkOutput
 from snnrun.runs import write_atomically
-
-# --------------------------------------------------------------------------- config
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    root: str = field("data", "string", "folder holding MNIST/raw/*-ubyte (torchvision's layout)")
-    download: bool = field(False, "bool", "let torchvision download MNIST when it is missing")
-    val_size: int = integer(5000, "training images held out to choose the best epoch", minimum=0, maximum=30000)
-
-
-@dataclass(frozen=True)
-class EncodingConfig:
-    kind: str = choice("direct", encodings.KINDS, "direct: image as constant current; rate: Bernoulli spikes; "
-                       "latency: one spike per pixel, earlier when brighter")
-    time_steps: int = integer(25, "simulation steps per image", minimum=1, maximum=10000)
-    gain: float = number(1.0, "direct: current = pixel*gain; rate: p = pixel*gain", minimum=0,
-                         exclusive_minimum=True)
-
-
-@dataclass(frozen=True)
-class SubsetConfig:
-    train: int | None = integer(None, "use only the first N training images (null: all); the validation images "
-                                "stay data.val_size", minimum=1, nullable=True)
-    test: int | None = integer(None, "use only the first M test images (null: all)", minimum=1, nullable=True)
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    epochs: int = integer(10, "passes over the training images", minimum=1)
-    batch_size: int = integer(128, "images per optimizer step", minimum=1)
-    optimizer: str = choice("adam", ["adam", "adamw", "sgd"], "optimizer")
-    lr: float = number(1e-3, "learning rate", minimum=0, exclusive_minimum=True)
-    momentum: float = number(0.9, "sgd momentum", minimum=0, maximum=1)
-    weight_decay: float = number(0.0, "weight decay", minimum=0)
-    schedule: str = choice("none", ["cosine", "step", "none"], "learning-rate schedule, stepped per batch (cosine) "
-                           "or per epoch (step)")
-    step_size: int = integer(1, "step schedule: epochs between decays", minimum=1)
-    gamma: float = number(0.1, "step schedule: decay factor", minimum=0, maximum=1, exclusive_minimum=True)
-    loss: str = choice("ce", ["ce", "ce_rate", "ce_membrane", "mse_count"],
-                       "ce: cross-entropy of the readout; ce_rate: of output spike counts; ce_membrane: summed over "
-                       "steps of the output membrane; mse_count: spike counts against target rates")
-    correct_rate: float = number(0.8, "mse_count: target firing rate of the right class", minimum=0, maximum=1)
-    incorrect_rate: float = number(0.2, "mse_count: target firing rate of the others", minimum=0, maximum=1)
-    grad_clip: float | None = number(None, "clip the gradient norm (null: no clipping)", minimum=0,
-                                     exclusive_minimum=True, nullable=True)
-    augment_shift: int = integer(0, "random translation of training images by up to N pixels", minimum=0, maximum=8)
-    seed: int = integer(0, "seed of weights, shuffling, augmentation, encoding and dropout")
-    subset: SubsetConfig = None  # type: ignore[assignment]
-    checkpoint_every: int = integer(1, "epochs between checkpoints (last.pt; best.pt whenever val improves)",
-                                    minimum=1)
-    eval_batch_size: int = integer(1000, "images per batch when scoring", minimum=1)
-    init_from: str | None = field(None, "string", "fine-tune: start from the weights of this run folder (its "
-                                  "best.pt) or checkpoint file, with a new optimizer (null: random weights)",
-                                  nullable=True)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    name: str = field("mnist", "string", "suffix of the run folder")
-    device: str = field("auto", "string", "auto, cpu, cuda, cuda:N or mps")
-    threads: int | None = integer(None, "CPU threads for torch (null: one for a small network, else torch's "
-                                  "default or OMP_NUM_THREADS)", minimum=1, nullable=True)
-    tensorboard: bool = field(False, "bool", "write TensorBoard logs into the run folder's tb/ (scalars, weight "
-                              "and membrane histograms, raster per epoch; needs the tensorboard extra)")
-    data: DataConfig = None  # type: ignore[assignment]
-    model: object = None
-    encoding: EncodingConfig = None  # type: ignore[assignment]
-    train: TrainSettings = None  # type: ignore[assignment]
-
-    other_command = ("simulate", frozenset({"neuron", "neurons", "stimulus", "time_steps", "record_neurons"}))
-
-    def validate(self, path, source):
-        needs_neurons = self.train.loss in ("ce_rate", "ce_membrane", "mse_count")
-        if needs_neurons and self.model.readout == "mean_current":
-            raise ConfigError(f"{self.train.loss} is not allowed with model.readout: mean_current (it has no output "
-                              "neurons); use loss: ce", source=source, key="train.loss", related=("model.readout",))
-        if self.model.input_size != 784:
-            raise ConfigError(f"{self.model.input_size} is not allowed; MNIST images have 784 pixels",
-                              source=source, key="model.input_size")
-
-
-KIND_KEYS = (KindKey("encoding", "kind", "direct", keeps=("time_steps",)),)
-
-
-def parse_train(data: dict, source: str | None) -> TrainConfig:
-    return parse(TrainConfig, data, source=source, sections={"model": parse_model})
-
-
-def config_to_dict(cfg: TrainConfig) -> dict:
-    from snnrun.config import to_dict
-    from snnrun.network import model_to_dict
-
-    out = to_dict(cfg)
-    out["model"] = model_to_dict(cfg.model)
-    return out
-
+from snnrun.schema import TrainConfig, TrainSettings, config_to_dict
 
 # --------------------------------------------------------------------------- pieces of an epoch
 
@@ -244,14 +149,9 @@ def save_checkpoint(path: Path, state: dict) -> None:
     """Write atomically: a crash leaves the previous complete file or the new one, never a torn file.
 
     The state goes to a hidden temporary file in the same folder, is flushed to disk, and replaces the old file
-    in one rename (then the folder entry is flushed too). A failed write (a full disk) removes the temporary
-    file and leaves the old checkpoint as it was."""
+    in one rename (then the folder entry is flushed too: `runs.write_atomically`). A failed write (a full disk)
+    removes the temporary file and leaves the old checkpoint as it was."""
     write_atomically(path, lambda handle: torch.save(state, handle))
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
 
 
 RESUME_KEYS = ("model", "optimizer", "rng", "epoch", "batch", "history", "best_val_accuracy", "train_seconds")
@@ -295,22 +195,6 @@ def initial_weights(cfg: TrainConfig, device="cpu") -> dict:
         reason = " ".join(str(error).split())
         raise ConfigError(f"its weights do not fit this config's network ({reason[:300]})", **where) from None
     return weights
-
-
-def rng_state(generator: torch.Generator, perm_generator: torch.Generator) -> dict:
-    state = {"torch": torch.get_rng_state(), "generator": generator.get_state(),
-             "perm_generator": perm_generator.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict, generator: torch.Generator, perm_generator: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    generator.set_state(state["generator"])
-    perm_generator.set_state(state["perm_generator"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # --------------------------------------------------------------------------- the run
@@ -363,13 +247,77 @@ def using_threads(threads: int | None):
         torch.set_num_threads(before)
 
 
+@dataclass
+class RunState:
+    """Everything a run carries from batch to batch; `state_dict()` is the checkpoint to resume from."""
+
+    model: Network
+    optimizer: torch.optim.Optimizer
+    schedule: object  # a learning-rate scheduler, or None
+    generator: torch.Generator  # augmentation and input spikes (each rank its own stream)
+    perm_generator: torch.Generator  # the order of the training images (the same on every rank)
+    epoch: int = 0  # epochs done
+    batch: int = 0  # batches done of the current epoch
+    order: torch.Tensor | None = None  # the current epoch's order of the training images
+    partial: dict | None = None  # the current epoch's running totals, when stopped inside it
+    history: list[dict] = dataclasses.field(default_factory=list)
+    best_val: float = -1.0
+    train_seconds: float = 0.0
+
+    def rng(self) -> dict:
+        state = {"torch": torch.get_rng_state(), "generator": self.generator.get_state(),
+                 "perm_generator": self.perm_generator.get_state()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def restore_rng(self, state: dict) -> None:
+        torch.set_rng_state(state["torch"])
+        self.generator.set_state(state["generator"])
+        self.perm_generator.set_state(state["perm_generator"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+    def state_dict(self, cfg: TrainConfig, ranks: Ranks) -> dict:
+        """The checkpoint (collective: every rank calls it, and each rank's random streams are kept)."""
+        rngs = distributed.gather(ranks, self.rng())
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict() if self.schedule is not None else None,
+                "rng": rngs[0], "rng_ranks": rngs if ranks.active else None, "epoch": self.epoch,
+                "batch": self.batch, "order": self.order, "partial": self.partial, "history": self.history,
+                "best_val_accuracy": self.best_val, "train_seconds": self.train_seconds, "processes": ranks.world,
+                "config": config_to_dict(cfg)}
+
+    def load_state_dict(self, ckpt: dict, ranks: Ranks, seed: int, batches_per_epoch: int) -> None:
+        """Continue from a checkpoint, saved with this number of processes or another."""
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.schedule is not None:
+            self.schedule.load_state_dict(ckpt["schedule"])
+        self.history, self.best_val, self.train_seconds = ckpt["history"], ckpt["best_val_accuracy"], \
+            ckpt["train_seconds"]
+        self.epoch, self.batch = ckpt["epoch"], ckpt["batch"]
+        self.order, self.partial = ckpt.get("order"), ckpt.get("partial") if ranks.main else None
+        per_rank = ckpt.get("rng_ranks") or [ckpt["rng"]]
+        if len(per_rank) == ranks.world:
+            self.restore_rng(per_rank[ranks.rank])
+        else:  # saved with another number of processes: the shared order as saved, fresh streams per rank
+            self.restore_rng(per_rank[0])
+            if ranks.rank > 0:
+                reseed = seed + _RANK_STRIDE * ranks.rank + 7 * (self.epoch * batches_per_epoch + self.batch)
+                self.generator.manual_seed(reseed)
+                torch.manual_seed(reseed)
+
+
 def train(cfg: TrainConfig, folder: Path | None, device: torch.device, callbacks: Callbacks | None = None,
-          resume: bool = False, ranks: Ranks = distributed.SINGLE) -> dict | None:
+          resume: bool = False, ranks: Ranks = distributed.SINGLE,
+          splits: tuple[Split, Split, Split] | None = None) -> dict | None:
     """Train into run folder `folder` (continuing from checkpoints/last.pt when `resume`); return the summary.
 
-    With several ranks (`snnrun.distributed`, the process group already started) each trains on its part of
-    every global batch through DistributedDataParallel; only rank 0 writes into `folder` (None on the others
-    unless resuming), evaluates and returns the summary; the others return None."""
+    `splits`: (train, val, test) on the device, as `load_splits` gives them (read here when not given). With
+    several ranks (`snnrun.distributed`, the process group already started) each trains on its part of every
+    global batch through DistributedDataParallel; only rank 0 writes into `folder` (None on the others unless
+    resuming), evaluates and returns the summary; the others return None."""
     cb = callbacks or Callbacks()
     s = cfg.train
     checkpoints = folder / "checkpoints" if folder is not None else None
@@ -377,172 +325,164 @@ def train(cfg: TrainConfig, folder: Path | None, device: torch.device, callbacks
         checkpoints.mkdir(exist_ok=True)
 
     torch.manual_seed(s.seed)
-    train_set, val_set, test_set = load_splits(cfg, device)
-    model = Network(cfg.model, cfg.encoding.time_steps).to(device)
-    forward = model
-    if ranks.active:  # identical replicas; the buffers (beta, threshold) are constants, so never re-broadcast
-        forward = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, **_NO_BUFFER_SYNC)
-        if ranks.rank > 0:  # each rank its own dropout draws (rank 0 keeps the single-process ones)
-            torch.manual_seed(s.seed + _RANK_STRIDE * ranks.rank)
-    if s.init_from is not None and not resume:
-        model.load_state_dict(initial_weights(cfg, device))
+    train_set, val_set, test_set = splits or load_splits(cfg, device)
+    run, forward = start(cfg, device, len(train_set), ranks)
     batches_per_epoch = math.ceil(len(train_set) / s.batch_size)
-    optimizer = make_optimizer(model, s)
-    schedule = make_schedule(optimizer, s, batches_per_epoch)
-    # augmentation and input spikes (each rank its own stream); the order of the training images (the same)
-    generator = torch.Generator(device=device).manual_seed(s.seed + _RANK_STRIDE * ranks.rank)
-    perm_generator = torch.Generator().manual_seed(s.seed)
-    history: list[dict] = []
-    best_val, start_epoch, start_batch, order, partial = -1.0, 0, 0, None, None
-    train_seconds = 0.0
-
     if resume:
-        ckpt = read_checkpoint(checkpoints / "last.pt", device, RESUME_KEYS)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if schedule is not None:
-            schedule.load_state_dict(ckpt["schedule"])
-        history, best_val, train_seconds = ckpt["history"], ckpt["best_val_accuracy"], ckpt["train_seconds"]
-        start_epoch, start_batch = ckpt["epoch"], ckpt["batch"]
-        order, partial = ckpt.get("order"), ckpt.get("partial") if ranks.main else None
-        per_rank = ckpt.get("rng_ranks") or [ckpt["rng"]]
-        if len(per_rank) == ranks.world:
-            restore_rng(per_rank[ranks.rank], generator, perm_generator)
-        else:  # saved with another number of processes: the shared order as saved, fresh streams per rank
-            restore_rng(per_rank[0], generator, perm_generator)
-            if ranks.rank > 0:
-                seed = s.seed + _RANK_STRIDE * ranks.rank + 7 * (start_epoch * batches_per_epoch + start_batch)
-                generator.manual_seed(seed)
-                torch.manual_seed(seed)
-
-    def checkpoint(epoch: int, batch: int, order=None, partial=None) -> dict:
-        """The state to resume from (collective: every rank calls it; each rank's random streams kept)."""
-        rngs = distributed.gather(ranks, rng_state(generator, perm_generator))
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict() if schedule is not None else None,
-                "rng": rngs[0], "rng_ranks": rngs if ranks.active else None, "epoch": epoch, "batch": batch,
-                "order": order, "partial": partial, "history": history, "best_val_accuracy": best_val,
-                "train_seconds": train_seconds, "processes": ranks.world, "config": config_to_dict(cfg)}
+        run.load_state_dict(read_checkpoint(checkpoints / "last.pt", device, RESUME_KEYS), ranks, s.seed,
+                            batches_per_epoch)
+    elif s.init_from is not None:
+        run.model.load_state_dict(initial_weights(cfg, device))
 
     def save(name: str, state: dict) -> None:
         if ranks.main:
             save_checkpoint(checkpoints / name, state)
 
-    for epoch in range(start_epoch, s.epochs):
-        model.train()
-        if order is None:
-            order = torch.randperm(len(train_set), generator=perm_generator).to(device)
-        totals = partial or {"loss": 0.0, "correct": 0, "seen": 0,
-                             "spikes": [0.0] * len(model.layer_sizes), "seconds": 0.0}
-        cb.epoch_started(epoch, batches_per_epoch, start_batch)
-        started = time.perf_counter() - totals["seconds"]
-        for batch in range(start_batch, batches_per_epoch):
-            stop, = distributed.any_rank(ranks, device, cb.should_stop())  # all ranks stop at the same batch
-            if stop:
-                totals["seconds"] = time.perf_counter() - started  # the epoch's time so far, resumed later
-                save("last.pt", checkpoint(epoch, batch, order, _summed(totals, ranks, device)))
-                raise TrainingInterrupted(f"stopped in epoch {epoch + 1} at batch {batch}")
-            index, share = distributed.shard(order[batch * s.batch_size:(batch + 1) * s.batch_size], ranks)
-            images, labels = train_set.images[index], train_set.labels[index]
-            if s.augment_shift:
-                images = shift_images(images, s.augment_shift, generator)
-            out = forward(encode(images, cfg, generator))
-            loss = loss_of(out, labels, s, cfg.encoding.time_steps)
-            diverged, = distributed.any_rank(ranks, device, not bool(torch.isfinite(loss)))
-            if diverged:
-                raise TrainingDiverged(f"the loss became {float(loss.detach())} in epoch {epoch + 1}, "
-                                       f"batch {batch + 1}; the last good checkpoint is kept (try a lower train.lr "
-                                       "or train.grad_clip)")
-            optimizer.zero_grad(set_to_none=True)
-            (loss * share if ranks.active else loss).backward()
-            if s.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
-            optimizer.step()
-            if schedule is not None:
-                schedule.step()
-            if share > 0:  # (a rank with no images this batch ran one with weight 0)
-                totals["loss"] += float(loss.detach()) * len(labels)
-                totals["correct"] += int((out.logits.argmax(dim=1) == labels).sum())
-                totals["seen"] += len(labels)
-                totals["spikes"] = [a + float(b) for a, b in zip(totals["spikes"], out.spike_counts, strict=True)]
-            elapsed = time.perf_counter() - started
-            cb.batch_done({"loss": totals["loss"] / max(totals["seen"], 1),
-                           "accuracy": totals["correct"] / max(totals["seen"], 1),
-                           "samples_per_s": totals["seen"] * ranks.world / max(elapsed, 1e-9)})
-        epoch_seconds = time.perf_counter() - started
-        train_seconds += epoch_seconds
-        totals = _summed(totals, ranks, device)
-        if (epoch + 1) % s.checkpoint_every == 0 or epoch + 1 == s.epochs:
-            resume_state = checkpoint(epoch + 1, 0)  # collective; saved below, after this epoch's record
+    while run.epoch < s.epochs:
+        totals, seconds = train_epoch(run, forward, train_set, cfg, cb, ranks, device, save)
+        run.epoch, run.batch, run.order, run.partial = run.epoch + 1, 0, None, None
+        run.train_seconds += seconds
+        checkpointed = run.epoch % s.checkpoint_every == 0 or run.epoch == s.epochs
+        resume_state = run.state_dict(cfg, ranks) if checkpointed else None  # collective: before the record
         if not ranks.main:  # validation, records and checkpoints are rank 0's
-            order, partial, start_batch = None, None, 0
             continue
-        val = evaluate(model, val_set, cfg) if len(val_set) else None
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": totals["loss"] / totals["seen"],
-            "train_accuracy": totals["correct"] / totals["seen"],
-            "val_loss": val["loss"] if val else None,
-            "val_accuracy": val["accuracy"] if val else None,
-            "train_spikes_per_neuron_step": per_neuron_step(torch.tensor(totals["spikes"]), model, totals["seen"],
-                                                            cfg.encoding.time_steps),
-            "val_spikes_per_neuron_step": val["spikes_per_neuron_step"] if val else None,
-            "lr": optimizer.param_groups[0]["lr"],
-            "epoch_seconds": epoch_seconds,
-            "samples_per_s": totals["seen"] / epoch_seconds,
-        }
-        history.append(record)
+        val = evaluate(run.model, val_set, cfg) if len(val_set) else None
+        record = epoch_record(run, cfg, totals, val, seconds)
+        run.history.append(record)
         score = record["val_accuracy"] if val else record["epoch"]  # without validation: the last epoch is best
-        order, partial, start_batch = None, None, 0
-        if score > best_val:
-            best_val = score
-            save("best.pt", {"model": model.state_dict(), "epoch": epoch + 1})
-        if (epoch + 1) % s.checkpoint_every == 0 or epoch + 1 == s.epochs:
-            save("last.pt", {**resume_state, "history": history, "best_val_accuracy": best_val})
-        cb.inspect(record, model)
+        if score > run.best_val:
+            run.best_val = score
+            save("best.pt", {"model": run.model.state_dict(), "epoch": run.epoch})
+        if checkpointed:
+            save("last.pt", {**resume_state, "history": run.history, "best_val_accuracy": run.best_val})
+        cb.inspect(record, run.model)
         cb.epoch_done(record)
 
-    digests = distributed.gather(ranks, distributed.weights_digest(model))
+    digests = distributed.gather(ranks, distributed.weights_digest(run.model))
     if len(set(digests)) > 1:
         raise RuntimeError(f"the {ranks.world} replicas ended with different weights: {digests}")
     if not ranks.main:
         return None
     best = read_checkpoint(checkpoints / "best.pt", device, ("model", "epoch"))
-    model.load_state_dict(best["model"])
-    # The test score hears a stop between its batches (asked as each enters the network). Nothing is lost:
-    # last.pt holds the final epoch, so `--resume` only scores (and plots) again.
-    def stop_between_batches(module, inputs) -> None:
-        if cb.should_stop():
-            raise TrainingInterrupted("stopped during the final test evaluation, after the last epoch")
-
-    hook = model.register_forward_pre_hook(stop_between_batches)
-    try:
-        test = evaluate(model, test_set, cfg)
-    except TrainingInterrupted:
-        distributed.all_done(ranks)  # the other ranks wait there for rank 0 (commands._train_in_folder)
-        raise
-    finally:
-        hook.remove()
+    run.model.load_state_dict(best["model"])
+    test = final_test(run.model, test_set, cfg, cb, ranks)
     return {
         "best_epoch": best["epoch"],
-        "best_val_accuracy": history[best["epoch"] - 1]["val_accuracy"],
+        "best_val_accuracy": run.history[best["epoch"] - 1]["val_accuracy"],
         "test_accuracy": test["accuracy"],
         "test_loss": test["loss"],
         "test_spikes_per_neuron_step": test["spikes_per_neuron_step"],
-        "train_seconds": train_seconds,
-        "epochs": len(history),
-        "history": history,
+        "train_seconds": run.train_seconds,
+        "epochs": len(run.history),
+        "history": run.history,
         "test_images": len(test_set),
         "processes": ranks.world,
         "weights_sha256": digests,
     }
 
 
-# (torch 2.14 renamed broadcast_buffers; the old name still works but warns)
-_NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
-                   if "forward_sync_buffers" in inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters
-                   else {"broadcast_buffers": False})
+def start(cfg: TrainConfig, device: torch.device, train_images: int, ranks: Ranks) -> tuple[RunState, nn.Module]:
+    """A fresh run: the network (its weights drawn from the seeded global stream), the optimizer, the schedule
+    and the random streams; and what the batches go through (the network, or its DistributedDataParallel
+    wrapper when several ranks train)."""
+    s = cfg.train
+    model = Network(cfg.model, cfg.encoding.time_steps).to(device)
+    forward = distributed.replicate(model, ranks, device)
+    if ranks.rank > 0:  # each rank its own dropout draws (rank 0 keeps the single-process ones)
+        torch.manual_seed(s.seed + _RANK_STRIDE * ranks.rank)
+    optimizer = make_optimizer(model, s)
+    schedule = make_schedule(optimizer, s, math.ceil(train_images / s.batch_size))
+    generator = torch.Generator(device=device).manual_seed(s.seed + _RANK_STRIDE * ranks.rank)
+    return RunState(model, optimizer, schedule, generator, torch.Generator().manual_seed(s.seed)), forward
+
+
+def train_epoch(run: RunState, forward: nn.Module, train_set: Split, cfg: TrainConfig, cb: Callbacks,
+                ranks: Ranks, device, save: Callable[[str, dict], None]) -> tuple[dict, float]:
+    """One pass over the training images in shuffled batches (from `run.batch` on, when resumed inside the
+    epoch): the epoch's totals summed over the ranks, and its seconds. A stop asked for between batches saves
+    last.pt and raises TrainingInterrupted; a loss that is not finite raises TrainingDiverged."""
+    s = cfg.train
+    run.model.train()
+    batches = math.ceil(len(train_set) / s.batch_size)
+    if run.order is None:
+        run.order = torch.randperm(len(train_set), generator=run.perm_generator).to(device)
+    totals = run.partial or {"loss": 0.0, "correct": 0, "seen": 0, "spikes": [0.0] * len(run.model.layer_sizes),
+                             "seconds": 0.0}
+    cb.epoch_started(run.epoch, batches, run.batch)
+    started = time.perf_counter() - totals["seconds"]
+    for batch in range(run.batch, batches):
+        stop, = distributed.any_rank(ranks, device, cb.should_stop())  # all ranks stop at the same batch
+        if stop:
+            totals["seconds"] = time.perf_counter() - started  # the epoch's time so far, resumed later
+            run.batch, run.partial = batch, _summed(totals, ranks, device)
+            save("last.pt", run.state_dict(cfg, ranks))
+            raise TrainingInterrupted(f"stopped in epoch {run.epoch + 1} at batch {batch}")
+        index, share = distributed.shard(run.order[batch * s.batch_size:(batch + 1) * s.batch_size], ranks)
+        images, labels = train_set.images[index], train_set.labels[index]
+        if s.augment_shift:
+            images = shift_images(images, s.augment_shift, run.generator)
+        out = forward(encode(images, cfg, run.generator))
+        loss = loss_of(out, labels, s, cfg.encoding.time_steps)
+        diverged, = distributed.any_rank(ranks, device, not bool(torch.isfinite(loss)))
+        if diverged:
+            raise TrainingDiverged(f"the loss became {float(loss.detach())} in epoch {run.epoch + 1}, batch "
+                                   f"{batch + 1}; the last good checkpoint is kept (try a lower train.lr or "
+                                   "train.grad_clip)")
+        run.optimizer.zero_grad(set_to_none=True)
+        (loss * share if ranks.active else loss).backward()
+        if s.grad_clip:
+            torch.nn.utils.clip_grad_norm_(run.model.parameters(), s.grad_clip)
+        run.optimizer.step()
+        if run.schedule is not None:
+            run.schedule.step()
+        if share > 0:  # (a rank with no images this batch ran one with weight 0)
+            totals["loss"] += float(loss.detach()) * len(labels)
+            totals["correct"] += int((out.logits.argmax(dim=1) == labels).sum())
+            totals["seen"] += len(labels)
+            totals["spikes"] = [a + float(b) for a, b in zip(totals["spikes"], out.spike_counts, strict=True)]
+        elapsed = time.perf_counter() - started
+        cb.batch_done({"loss": totals["loss"] / max(totals["seen"], 1),
+                       "accuracy": totals["correct"] / max(totals["seen"], 1),
+                       "samples_per_s": totals["seen"] * ranks.world / max(elapsed, 1e-9)})
+    seconds = time.perf_counter() - started
+    return _summed(totals, ranks, device), seconds
+
+
+def epoch_record(run: RunState, cfg: TrainConfig, totals: dict, val: dict | None, seconds: float) -> dict:
+    """One line of metrics.jsonl: the epoch's training totals, its validation score, the learning rate, speed."""
+    return {
+        "epoch": run.epoch,
+        "train_loss": totals["loss"] / totals["seen"],
+        "train_accuracy": totals["correct"] / totals["seen"],
+        "val_loss": val["loss"] if val else None,
+        "val_accuracy": val["accuracy"] if val else None,
+        "train_spikes_per_neuron_step": per_neuron_step(torch.tensor(totals["spikes"]), run.model, totals["seen"],
+                                                        cfg.encoding.time_steps),
+        "val_spikes_per_neuron_step": val["spikes_per_neuron_step"] if val else None,
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "epoch_seconds": seconds,
+        "samples_per_s": totals["seen"] / seconds,
+    }
+
+
+def final_test(model: Network, test_set: Split, cfg: TrainConfig, cb: Callbacks, ranks: Ranks) -> dict:
+    """The best epoch's network scored on the test set. It hears a stop between its batches (asked as each
+    enters the network). Nothing is lost: last.pt holds the final epoch, so `--resume` only scores (and plots)
+    again."""
+    def stop_between_batches(module, inputs) -> None:
+        if cb.should_stop():
+            raise TrainingInterrupted("stopped during the final test evaluation, after the last epoch")
+
+    hook = model.register_forward_pre_hook(stop_between_batches)
+    try:
+        return evaluate(model, test_set, cfg)
+    except TrainingInterrupted:
+        distributed.all_done(ranks)  # the other ranks wait there for rank 0 (commands._train_in_folder)
+        raise
+    finally:
+        hook.remove()
+
+
 _RANK_STRIDE = 1_000_003  # seeds of rank r's random streams: seed + r * stride (rank 0: the single-process ones)
 
 

@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 from snnrun import plots
 from snnrun.cli import app
 from snnrun.commands import run_compare, run_simulation
-from snnrun.config import ConfigError
-from snnrun.simulation import parse_simulation
+from snnrun.config import RunFolderError
+from snnrun.schema import parse_simulation
 
 REPO = Path(__file__).resolve().parents[1]
 FI = yaml.safe_load((REPO / "configs" / "fi_curve.yaml").read_text())
@@ -59,7 +59,7 @@ def test_a_sweep_stands_for_its_members(tmp_path):
     (lambda tmp: [simulated(tmp), tmp / "nothing"], "not a run or sweep folder"),
 ])
 def test_what_cannot_be_compared_is_a_clear_error(tmp_path, make, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(RunFolderError, match=message):
         run_compare(make(tmp_path), tmp_path / "compare")
     assert not (tmp_path / "compare").exists()
 

@@ -1,5 +1,6 @@
 """Config files and `--set` overrides: every mistake names the file, the key, the value and what is allowed."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ from hypothesis import strategies as st
 
 from snnrun.commands import load_simulation_config
 from snnrun.config import ConfigError, apply_overrides, to_dict
-from snnrun.simulation import SimulationConfig, parse_simulation
+from snnrun.schema import SimulationConfig, parse_simulation
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -20,11 +21,25 @@ def error_for(data, source="cfg.yaml"):
     return info.value
 
 
-def test_shipped_step_config_is_the_built_in_default():
+def test_shipped_step_config_is_the_built_in_default_with_snntorchs_tutorial_decay():
+    """step.yaml keeps snnTorch's tutorial beta 0.8 (its results unchanged); the built-in leaky default is the one
+    that train and simulate share, 0.9. Every other key of step.yaml is the built-in default."""
     from_file = parse_simulation(yaml.safe_load((CONFIGS / "step.yaml").read_text()), "step.yaml")
-    defaults = parse_simulation({"name": "step-current"}, "defaults")
+    defaults = parse_simulation({"name": "step-current", "neuron": {"beta": 0.8}}, "defaults")
     assert to_dict(from_file) == to_dict(defaults)
     assert from_file.neuron.beta == 0.8 and from_file.stimulus.amplitude == 0.21 and from_file.time_steps == 200
+    assert parse_simulation({}, "defaults").neuron.decay == 0.9
+
+
+def test_train_and_simulate_share_each_neuron_models_keys_and_defaults():
+    from snnrun.schema import NEURONS, TRAINED
+
+    for model, trained in TRAINED.items():
+        simulated = {f.name: f.default for f in dataclasses.fields(NEURONS[model])}
+        for f in dataclasses.fields(trained):
+            if f.name not in ("learn_beta", "learn_threshold"):  # what train learns
+                assert simulated[f.name] == f.default, (model, f.name)
+        assert "reset_delay" in simulated
 
 
 @pytest.mark.parametrize("path", sorted(p.name for p in CONFIGS.glob("*.yaml")

@@ -403,7 +403,7 @@ def test_a_full_disk_at_the_start_is_an_error_before_any_work(tmp_path, monkeypa
 @pytest.mark.parametrize("model", ["leaky", "synaptic"])
 def test_gradients_stay_finite_for_membranes_of_any_size(kind, model):
     """Currents of +-1e30 drive membranes to the edge of float32; every gradient stays finite."""
-    from snnrun.recurrence import run_sequence
+    from snnrun.neurons.sequence import run_sequence
 
     current = torch.tensor([1e30, -1e30, 1.0, 0.0, 1e-3], dtype=torch.float32).repeat(6, 1).requires_grad_()
     spikes, membrane = run_sequence(current, model, torch.tensor(0.9), 0.8, 1.0, "subtract", kind, 25.0)

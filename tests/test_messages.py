@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from snnrun.cli import app
 from snnrun.config import apply_overrides, load_yaml
 from snnrun.data import available
-from snnrun.training import Callbacks, TrainingInterrupted, parse_train, train
+from snnrun.schema import parse_train
+from snnrun.training import Callbacks, TrainingInterrupted, train
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data"

@@ -5,11 +5,12 @@ import math
 import pytest
 import torch
 
+from snnrun import neurons
 from snnrun.neurons import (
     LapicqueParameters,
     LeakyParameters,
     LeakyState,
-    LIFParameters,
+    LIFConfig,
     LIFState,
     SynapticParameters,
     SynapticState,
@@ -21,12 +22,11 @@ from snnrun.neurons import (
 
 
 def run(step, params, state, currents):
-    spikes, membranes = [], []
-    for i in currents:
-        s, state = step(torch.tensor([float(i)], dtype=torch.float64), state, params)
-        spikes.append(int(s.item()))
-        membranes.append(state.membrane.item())
-    return spikes, membranes
+    """The step function over the currents (one neuron), through `neurons.run`'s reference path."""
+    model = {leaky_step: "leaky", lapicque_step: "lapicque", synaptic_step: "synaptic", lif_step: "lif"}[step]
+    column = torch.tensor([[float(i)] for i in currents], dtype=torch.float64)
+    trace = neurons.run(model, column, params, state, path="step")
+    return [int(s) for s in trace.spikes[:, 0]], trace.membranes[:, 0].tolist()
 
 
 def leaky(reset, currents, beta=0.5):
@@ -98,7 +98,7 @@ def test_lapicque_resets_to_zero_after_spike():
 
 
 def synaptic(reset, currents):
-    p = SynapticParameters(0.5, 0.5, 1.0, reset)
+    p = SynapticParameters(0.5, 1.0, reset, alpha=0.5)
     zeros = torch.zeros(1, dtype=torch.float64)
     return run(synaptic_step, p, SynapticState(zeros, zeros.clone()), currents)
 
@@ -122,8 +122,8 @@ def test_synaptic_without_reset():
 
 
 def lif(currents, v0=0.0, **kw):
-    p = LIFParameters(**{"tau_ms": 1.0, "v_rest_mv": 0.0, "v_reset_mv": 0.0, "v_thresh_mv": 0.5,
-                         "refractory_ms": 0.0, "r_mohm": 1.0, "dt_ms": 1.0, **kw})
+    p = LIFConfig(**{"tau_ms": 1.0, "v_rest_mv": 0.0, "v_reset_mv": 0.0, "v_thresh_mv": 0.5,
+                     "refractory_ms": 0.0, "r_mohm": 1.0, "dt_ms": 1.0, **kw}).parameters()
     state = LIFState(torch.full((1,), v0, dtype=torch.float64), torch.zeros(1, dtype=torch.int32))
     return run(lif_step, p, state, currents)
 
@@ -162,9 +162,9 @@ def test_lif_refractory_period_of_three_steps():
 
 
 def test_lif_refractory_steps_round_like_brian2():
-    assert LIFParameters(refractory_ms=0.3, dt_ms=0.1).refractory_steps == 3  # 0.3/0.1 = 2.9999...
-    assert LIFParameters(refractory_ms=0.25, dt_ms=0.1).refractory_steps == 2
-    assert LIFParameters(refractory_ms=0.0, dt_ms=0.1).refractory_steps == 0
+    assert LIFConfig(refractory_ms=0.3, dt_ms=0.1).parameters().refractory_steps == 3  # 0.3/0.1 = 2.9999...
+    assert LIFConfig(refractory_ms=0.25, dt_ms=0.1).parameters().refractory_steps == 2
+    assert LIFConfig(refractory_ms=0.0, dt_ms=0.1).parameters().refractory_steps == 0
 
 
 def test_lif_first_spike_of_a_step_current_matches_the_closed_form():
@@ -178,23 +178,19 @@ def test_lif_first_spike_of_a_step_current_matches_the_closed_form():
 @pytest.mark.parametrize("refractory_ms", [0.0, 0.1, 2.0])
 def test_lif_scan_equals_the_step_function(method, refractory_ms):
     """The simulation's in-place fast path makes the same spikes and membranes as lif_step, step by step."""
-    from snnrun.neurons import LIFParameters, LIFState, lif_scan, lif_step
+
 
     g = torch.Generator().manual_seed(0)
     currents = torch.rand(400, 50, generator=g, dtype=torch.float64) * 8
-    p = LIFParameters(tau_ms=10.0, v_reset_mv=-70.0, refractory_ms=refractory_ms, method=method)
+    p = LIFConfig(tau_ms=10.0, v_reset_mv=-70.0, refractory_ms=refractory_ms, method=method).parameters()
     state = LIFState(torch.full((50,), -65.0, dtype=torch.float64), torch.zeros(50, dtype=torch.int32))
-    spikes, membranes = [], []
-    s = state
-    for current in currents:
-        out, s = lif_step(current, s, p)
-        spikes.append(out > 0)
-        membranes.append(s.membrane)
+    assert neurons.path_for("lif", p, state, neurons.heaviside, recording=True) == "scan"
+    ref = neurons.run("lif", currents, p, state, path="step")
     fast_spikes = torch.zeros(400, 50, dtype=torch.bool)
     fast_membranes = torch.empty(400, 20, dtype=torch.float64)
-    end = lif_scan(currents, state, p, fast_spikes, fast_membranes)
-    assert torch.stack(spikes).sum() > 200  # with resets and refractory periods to cover
-    assert torch.equal(fast_spikes, torch.stack(spikes))
-    torch.testing.assert_close(fast_membranes, torch.stack(membranes)[:, :20], rtol=0, atol=1e-12)
-    torch.testing.assert_close(end.membrane, s.membrane, rtol=0, atol=1e-12)
-    assert torch.equal(end.refractory_left, s.refractory_left)
+    end = neurons.run("lif", currents, p, state, path="scan", spikes_out=fast_spikes, membrane_out=fast_membranes)
+    assert ref.spikes.sum() > 200  # with resets and refractory periods to cover
+    assert torch.equal(fast_spikes, ref.spikes > 0)
+    torch.testing.assert_close(fast_membranes, ref.membranes[:, :20], rtol=0, atol=1e-12)
+    torch.testing.assert_close(end.state.membrane, ref.state.membrane, rtol=0, atol=1e-12)
+    assert torch.equal(end.state.refractory_left, ref.state.refractory_left)

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from snnrun import nir_graph
 from snnrun.cli import app
 from snnrun.data import available
-from snnrun.network import Network, parse_model
+from snnrun.network import Network
+from snnrun.schema import parse_model
 
 nir = pytest.importorskip("nir", reason="the nir extra is not installed")
 

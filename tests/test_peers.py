@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from snnrun import neurons
 from snnrun.neurons import (
     LapicqueParameters,
     LeakyParameters,
@@ -29,12 +30,10 @@ def inputs(steps=150, neurons=40, seed=0):
 
 
 def ours(step, params, state, currents):
-    spikes, mems = [], []
-    for current in currents:
-        s, state = step(current, state, params)
-        spikes.append(s)
-        mems.append(state.membrane)
-    return torch.stack(spikes), torch.stack(mems)
+    """Our step function over the currents, through `neurons.run`'s reference path."""
+    model = {leaky_step: "leaky", lapicque_step: "lapicque", synaptic_step: "synaptic", lif_step: "lif"}[step]
+    trace = neurons.run(model, currents, params, state, path="step")
+    return trace.spikes, trace.membranes
 
 
 def theirs(neuron, currents, n_states):
@@ -77,7 +76,7 @@ def test_synaptic_matches_snntorch(reset):
     snn = pytest.importorskip("snntorch")
     x = inputs(seed=2) * 0.3
     zeros = torch.zeros(x.shape[1])
-    s1, m1 = ours(synaptic_step, SynapticParameters(0.9, 0.8, 1.0, reset), SynapticState(zeros, zeros), x)
+    s1, m1 = ours(synaptic_step, SynapticParameters(0.8, 1.0, reset, alpha=0.9), SynapticState(zeros, zeros), x)
     s2, m2 = theirs(snn.Synaptic(alpha=0.9, beta=0.8, threshold=1.0, reset_mechanism=reset), x, 2)
     assert s1.sum() > 20
     assert torch.equal(s1, s2)
@@ -91,7 +90,8 @@ def test_network_layer_matches_spikingjelly_multistep_lif(reset):
     pytest.importorskip("spikingjelly")
     from spikingjelly.activation_based import neuron, surrogate
 
-    from snnrun.network import LIFLayer, NeuronSpec
+    from snnrun.network import LIFLayer
+    from snnrun.schema import TrainedLeaky
     from snnrun.surrogate import Surrogate
 
     tau = 5.0
@@ -103,7 +103,7 @@ def test_network_layer_matches_spikingjelly_multistep_lif(reset):
     s2 = sj(x)
     m2 = sj.v_seq
     (g2,) = torch.autograd.grad((s2 * weights[0]).sum() + (m2 * weights[1]).sum(), x)
-    layer = LIFLayer(30, NeuronSpec(beta=1 - 1 / tau, reset=reset, reset_delay=False), Surrogate("atan", 2.0))
+    layer = LIFLayer(30, TrainedLeaky(beta=1 - 1 / tau, reset=reset, reset_delay=False), Surrogate("atan", 2.0))
     s1, m1 = layer(x)
     (g1,) = torch.autograd.grad((s1 * weights[0]).sum() + (m1 * weights[1]).sum(), x)
     assert s1.sum() > 50
@@ -148,13 +148,9 @@ def test_lif_matches_brian2(method, refractory_ms):
     n = len(amplitudes)
     state = LIFState(torch.full((n,), -65.0, dtype=torch.float64), torch.zeros(n, dtype=torch.int32))
     amp = torch.as_tensor(amplitudes, dtype=torch.float64)
-    spikes, mems = [], []
-    for t in range(steps):
-        s, state = lif_step(amp * float(onset <= t < offset), state, p)
-        spikes.append(s)
-        mems.append(state.membrane)
-    spikes = torch.stack(spikes).numpy()
-    mems = torch.stack(mems).numpy()
+    on = torch.tensor([float(onset <= t < offset) for t in range(steps)], dtype=torch.float64)
+    trace = neurons.run("lif", on[:, None] * amp, p, state, path="step")
+    spikes, mems = trace.spikes.numpy(), trace.membranes.numpy()
 
     assert len(spike_steps_b2) > 30
     for k in range(n):

@@ -22,7 +22,9 @@ from typer.testing import CliRunner
 from snnrun import commands, plots
 from snnrun.cli import StopFlag, _simulation_table, app
 from snnrun.data import available
-from snnrun.simulation import Clock, parse_simulation, simulate
+from snnrun.neurons import Clock
+from snnrun.schema import parse_simulation
+from snnrun.simulation import simulate
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data"
@@ -318,7 +320,8 @@ def test_a_stop_during_the_final_test_evaluation_is_heard_between_its_batches(tm
     import torch
 
     from snnrun.config import apply_overrides, load_yaml
-    from snnrun.training import Callbacks, TrainingInterrupted, parse_train, train
+    from snnrun.schema import parse_train
+    from snnrun.training import Callbacks, TrainingInterrupted, train
 
     data = apply_overrides(load_yaml(REPO / "configs" / "smoke.yaml"), [
         f"data.root={DATA}", "device=cpu", "train.subset.train=640", "train.subset.test=300", "data.val_size=500",

@@ -14,7 +14,8 @@ from snnrun.config import apply_overrides, load_yaml
 from snnrun.data import available, write_idx
 from snnrun.evaluation import load_network, locate
 from snnrun.predict import predict, read_images
-from snnrun.training import evaluate, load_splits, parse_train, train
+from snnrun.schema import parse_train
+from snnrun.training import evaluate, load_splits, train
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data"

@@ -6,24 +6,39 @@ import pytest
 import torch
 
 from snnrun import neurons
-from snnrun.recurrence import run_sequence
 from snnrun.surrogate import KINDS, Surrogate
 
 
-def by_steps(current, model, beta, alpha, threshold, reset, spike_fn, delay=True):
-    zeros = torch.zeros_like(current[0])
+def parameters(model, beta, alpha, threshold, reset, delay):
     if model == "synaptic":
-        params = neurons.SynapticParameters(alpha, beta, threshold, reset, delay)
-        step, state = neurons.synaptic_step, neurons.SynapticState(zeros, zeros)
-    else:
-        params = neurons.LeakyParameters(beta, threshold, reset, delay)
-        step, state = neurons.leaky_step, neurons.LeakyState(zeros)
-    spikes, membranes = [], []
-    for t in range(current.shape[0]):
-        s, state = step(current[t], state, params, spike_fn)
-        spikes.append(s)
-        membranes.append(state.membrane)
-    return torch.stack(spikes), torch.stack(membranes)
+        return neurons.SynapticParameters(beta, threshold, reset, delay, alpha=alpha)
+    return neurons.LeakyParameters(beta, threshold, reset, delay)
+
+
+def by_steps(current, model, beta, alpha, threshold, reset, spike_fn, delay=True):
+    trace = neurons.run(model, current, parameters(model, beta, alpha, threshold, reset, delay), spike_fn=spike_fn,
+                        path="step")
+    return trace.spikes, trace.membranes
+
+
+def run_sequence(current, model, beta, alpha, threshold, reset, kind, slope, reset_delay=True):
+    trace = neurons.run(model, current, parameters(model, beta, alpha, threshold, reset, reset_delay),
+                        spike_fn=Surrogate(kind, slope), path="sequence")
+    return trace.spikes, trace.membranes
+
+
+def test_run_takes_the_sequence_path_for_training_and_the_step_path_for_a_learned_threshold():
+    current = torch.rand(5, 2, 3)
+    surrogate = Surrogate("atan", 2.0)
+    fixed = neurons.LeakyParameters(torch.tensor(0.9), torch.tensor(1.0))
+    learned = neurons.LeakyParameters(torch.tensor(0.9), torch.ones(3, requires_grad=True))
+    assert neurons.path_for("leaky", fixed, None, surrogate, recording=False) == "sequence"
+    assert neurons.path_for("leaky", learned, None, surrogate, recording=False) == "step"
+    assert neurons.path_for("leaky", fixed, neurons.LeakyState(current[0]), surrogate, recording=False) == "step"
+    lif = neurons.LIFConfig().parameters()
+    assert neurons.path_for("lif", lif, None, neurons.heaviside, recording=True) == "scan"
+    per_neuron = neurons.LIFConfig(tau_ms=[5.0, 10.0, 20.0]).parameters(None, torch.float32)
+    assert neurons.path_for("lif", per_neuron, None, neurons.heaviside, recording=True) == "step"
 
 
 def gradients(fn, current, beta, weights):

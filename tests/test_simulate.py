@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 
 from snnrun.cli import app
 from snnrun.runs import claim_run_dir
-from snnrun.simulation import parse_simulation, simulate
+from snnrun.schema import parse_simulation
+from snnrun.simulation import simulate
 
 runner = CliRunner()
 

@@ -11,16 +11,16 @@ import yaml
 from typer.testing import CliRunner
 
 from snnrun.cli import app
-from snnrun.config import apply_overrides, load_yaml
+from snnrun.config import ConfigError, apply_overrides, load_yaml
 from snnrun.data import DataError, _ArraysOnly, available, read_idx, write_idx
 from snnrun.encoding import encode
-from snnrun.network import Network, parse_model
+from snnrun.network import Network
+from snnrun.schema import parse_model, parse_train
 from snnrun.surrogate import Surrogate
 from snnrun.training import (
     Callbacks,
     TrainingInterrupted,
     cpu_threads,
-    parse_train,
     shift_images,
     small_network_threads,
     train,
@@ -345,3 +345,22 @@ def test_thread_rule_small_networks_config_and_environment(monkeypatch):
     assert cpu_threads(small_config(threads=2)) == 2  # the config's own count wins
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert cpu_threads(small_config()) is None  # and so does the user's environment
+
+
+def test_run_folders_written_before_the_neuron_home_still_load():
+    """Before each neuron model had its own keys, config.yaml listed every neuron key of both models for each layer
+    (a leaky layer carried an unused alpha) and the checkpoints held an alpha buffer for every layer."""
+    old = {"model": "leaky", "beta": 0.9, "tau": None, "dt": None, "alpha": 0.8, "threshold": 1.0,
+           "reset": "subtract", "reset_delay": True, "learn_beta": False, "learn_threshold": False}
+    model_section = {"input_size": 784, "hidden": [{"size": 8, "dropout": None, **old}], "outputs": 10,
+                     "neuron": old, "output": {**old, "reset": "none"}, "surrogate": {"kind": "atan", "slope": 2.0},
+                     "readout": "membrane", "membrane_reduce": "sum", "dropout": 0.0}
+    cfg = parse_model(model_section, "model", "outputs/old/config.yaml")
+    assert cfg.hidden[0].neuron.decay == 0.9 and cfg.output.reset == "none"
+    network = Network(cfg, time_steps=4)
+    state = network.state_dict()
+    assert not any(key.endswith("alpha") for key in state)
+    old_state = {**state, "neurons.0.alpha": torch.tensor(0.8), "output_neurons.alpha": torch.tensor(0.8)}
+    Network(cfg, time_steps=4).load_state_dict(old_state)  # strict: nothing missing, nothing unexpected
+    with pytest.raises(ConfigError, match="unknown key"):  # a config of today that gives leaky an alpha is told
+        parse_model({"neuron": {"model": "leaky", "alpha": 0.8}}, "model", "new.yaml")

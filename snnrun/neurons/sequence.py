@@ -1,6 +1,6 @@
-"""The leaky and synaptic recurrences over a whole (time, batch, neurons) current, as one autograd Function.
+"""The fast path of `leaky` and `synaptic`: the whole (time, batch, neurons) sequence as one autograd Function.
 
-The forward pass runs the same difference equations as `snnrun.neurons.leaky_step` and `synaptic_step`
+The forward pass runs the same difference equations as `leaky.leaky_step` and `synaptic.synaptic_step`
 (snnTorch's delayed reset), but outside autograd, writing each step into preallocated (time, ...) tensors:
 three tensor operations per step instead of a dozen recorded ones.
 
@@ -14,7 +14,7 @@ so the adjoint of the membrane is a linear recurrence backwards in time:
 Each backward step is one fused in-place operation (for 25 steps of 128 x 1000 neurons that measured 0.6 ms, a
 (time x time) matrix of powers of beta applied in one matrix multiply 4 ms). The surrogate derivative is
 evaluated once on the whole saved membrane tensor. `tests/test_recurrence.py` checks spikes,
-membranes and every gradient against autograd through the step functions.
+membranes and every gradient against autograd through the step functions (`run(..., path="step")`).
 """
 
 from __future__ import annotations
