@@ -97,7 +97,7 @@ def run(model: str, currents: Tensor, params, state: tuple | None = None, spike_
     many); `Trace.membranes` is then membrane_out. `path` forces a form (tests compare them). The sequence path
     returns no final state (training starts every sample from rest)."""
     m = MODELS[model]
-    recording = any(x is not None for x in (spikes_out, membrane_out, synaptic_out))
+    recording = spikes_out is not None or membrane_out is not None or synaptic_out is not None
     path = path or path_for(model, params, state, spike_fn, recording)
     if path == "sequence":
         kind, slope = getattr(spike_fn, "kind", "straight_through"), getattr(spike_fn, "slope", 1.0)
