@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from snnrun import compare, distributed, nir_graph, plots
+from snnrun import compare, distributed, neurons, nir_graph, plots
 from snnrun import sweep as sweeps
 from snnrun.config import (
     ConfigError,
@@ -121,7 +121,8 @@ def _unit_mismatch(data: dict, changes: list[str], switched: list[KindSwitch], s
     neuron = next((switch for switch in switched if switch.section == "neuron"), None)
     if neuron is None or any(switch.section == "stimulus" for switch in switched):
         return []
-    if (neuron.old == "lif") == (neuron.new == "lif"):
+    old_unit, new_unit = (neurons.MODELS[name].config.current_unit for name in (neuron.old, neuron.new))
+    if old_unit == new_unit:
         return []
     set_keys = {item.partition("=")[0].strip() for item in changes}
     stimulus = data.get("stimulus") if isinstance(data.get("stimulus"), dict) else {}
@@ -129,7 +130,7 @@ def _unit_mismatch(data: dict, changes: list[str], switched: list[KindSwitch], s
             and f"stimulus.{k}" not in set_keys}
     if not kept:
         return []
-    units = "currents in nA" if neuron.new == "lif" else "unitless currents"
+    units = f"currents in {new_unit}" if new_unit else "unitless currents"
     shown = ", ".join(f"{k} {v}" for k, v in kept.items())
     return [f"stimulus: {shown} from {source} was written for a {neuron.old} neuron; the {neuron.new} neuron "
             f"takes {units}: set it (--set stimulus.amplitude=...) or choose the stimulus kind (--current KIND) to "
@@ -183,8 +184,7 @@ def run_simulation(cfg: SimulationConfig, out: Path, progress: Callable[[int], N
 
 
 def _plot_simulation(cfg: SimulationConfig, result: SimulationResult, folder: Path) -> None:
-    # lif: Brian2's units; lapicque: SI, as snnTorch's tutorial (R in ohms, C in farads, time_step in seconds)
-    current_unit, membrane_unit = {"lif": ("nA", "mV"), "lapicque": ("A", "V")}.get(cfg.neuron.model, ("", ""))
+    current_unit, membrane_unit = cfg.neuron.current_unit, cfg.neuron.membrane_unit
     title = f"{cfg.name}: {cfg.neuron.model} neuron, {'no' if cfg.stimulus.kind == 'none' else cfg.stimulus.kind} input"
     plots.current_membrane_spikes(result, folder / "current_membrane_spikes.png", title, current_unit, membrane_unit)
     if cfg.neurons > 1:
@@ -695,7 +695,8 @@ def _plot_comparison(runs: list, path: Path) -> None:
             rates = json.loads((run.folder / "metrics.json").read_text(encoding="utf-8"))["per_neuron"]
             order = np.argsort(amplitude)
             curves.append((run.label, np.asarray(amplitude)[order], np.asarray(rates["firing_rate"])[order]))
-        unit = " (nA)" if runs[0].config.get("neuron.model") == "lif" else ""
+        unit = neurons.MODELS[runs[0].config.get("neuron.model", "leaky")].config.current_unit
+        unit = f" ({unit})" if unit else ""
         plots.overlaid(curves, path, f"input amplitude{unit}", f"firing rate ({runs[0].metrics['firing_rate_unit']})",
                        f"f–I curves of {len(runs)} runs", markers=True)
         return
@@ -703,7 +704,8 @@ def _plot_comparison(runs: list, path: Path) -> None:
     for run in runs:  # the first neuron's membrane of each run
         with np.load(run.folder / "traces.npz") as traces:
             curves.append((run.label, traces["t"], traces["membrane"][:, 0]))
-    unit = {"lif": " (ms)", "lapicque": " (s)"}.get(runs[0].config.get("neuron.model"), " (steps)")
+    unit = neurons.MODELS[runs[0].config.get("neuron.model", "leaky")].config.time_unit
+    unit = " (steps)" if unit == "step" else f" ({unit})"
     plots.overlaid(curves, path, f"time{unit}", "membrane of neuron 0", f"membranes of {len(runs)} runs")
 
 

@@ -144,7 +144,7 @@ def parse_simulation(data: dict, source: str | None, notes: list[str] | None = N
                                                                   section).items() if k not in section}
             if fitted and notes is not None:
                 notes.append(f"{key}: defaults in nA fitted to the lif neuron (rheobase "
-                             f"{_rheobase(neuron):.3g} nA): " + ", ".join(f"{k} {v}" for k, v in fitted.items()))
+                             f"{neuron.rheobase:.3g} nA): " + ", ".join(f"{k} {v}" for k, v in fitted.items()))
             section = {**section, **fitted}
         return parse_stimulus(section, key, where)
 
@@ -155,10 +155,7 @@ def parse_simulation(data: dict, source: str | None, notes: list[str] | None = N
 def _relaxation_start(neuron) -> float | list:
     """90 % of the way from rest to threshold (0 is rest for the unitless models), per neuron where the
     threshold is."""
-    if isinstance(neuron, LIFConfig):
-        rest, thresh = neuron.v_rest_mv, neuron.v_thresh_mv
-    else:
-        rest, thresh = 0.0, neuron.threshold
+    rest, thresh = neuron.rest, neuron.firing_threshold
     if isinstance(rest, list) or isinstance(thresh, list):
         n = len(rest) if isinstance(rest, list) else len(thresh)
         at = lambda x, i: x[i] if isinstance(x, list) else x  # noqa: E731
@@ -170,16 +167,11 @@ def _first(value) -> float:
     return float(value[0] if isinstance(value, list) else value)
 
 
-def _rheobase(neuron: LIFConfig) -> float:
-    """The smallest constant current (nA) that makes the neuron fire: (v_thresh - v_rest) / R."""
-    return (_first(neuron.v_thresh_mv) - _first(neuron.v_rest_mv)) / _first(neuron.r_mohm)
-
-
 def physical_stimulus_defaults(kind: str, neuron: LIFConfig, given: dict) -> dict:
     """Stimulus amplitudes in nA that drive a `lif` neuron (its first neuron's parameters) as the unitless
     defaults drive the discrete models: a step above the rheobase, pulses that each cross the threshold, and
     so on. Timings stay in steps."""
-    rheobase = _rheobase(neuron)
+    rheobase = neuron.rheobase
     if kind == "pulse":  # one pulse of `width` steps lifts the membrane 1.5x the threshold's distance from
         width = given.get("width", 1)  # rest or from reset, whichever is larger
         width = width if isinstance(width, int) and width >= 1 else 1

@@ -72,7 +72,7 @@ def memory_estimate(cfg: SimulationConfig) -> dict[str, int]:
     size = torch.empty((), dtype=DTYPES[cfg.dtype]).element_size()
     n, steps = cfg.neurons, cfg.time_steps
     recorded = min(n, cfg.record_neurons)
-    traces = 3 if cfg.neuron.model == "synaptic" else 2  # membrane, current (, synaptic current)
+    traces = 3 if neurons.MODELS[cfg.neuron.model].has_synaptic_current else 2  # membrane, current (, synaptic)
     chunk = chunk_steps_for(n)
     return {
         "traces": steps * (recorded * size * traces + 8),
@@ -148,7 +148,7 @@ def simulate(cfg: SimulationConfig, device: torch.device | str = "cpu",
     membrane_rec = torch.empty((steps, recorded), dtype=dtype, device=device)
     current_rec = torch.empty((steps, recorded), dtype=dtype, device=device)
     synaptic_rec = torch.empty((steps, recorded), dtype=dtype, device=device) \
-        if cfg.neuron.model == "synaptic" else None
+        if model.has_synaptic_current else None
     index_dtype = torch.int32 if max(n, steps) < 2**31 else torch.int64
     event_bytes = 2 * torch.empty((), dtype=index_dtype).element_size()
     events: list[Tensor] = []

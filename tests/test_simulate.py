@@ -231,3 +231,16 @@ def test_spikes_are_events_and_their_memory_is_capped():
     assert result.spikes.shape == (300, 5)
     with pytest.raises(ConfigError, match="reduce time_steps or neurons"):
         simulate(cfg, spike_memory=10_000 * 8)
+
+
+@pytest.mark.parametrize("delay,after", [(True, 0.125), (False, 0.05 * 0.5 + 0.6)])
+def test_simulate_resets_at_once_with_reset_delay_false(in_tmp, delay, after):
+    # beta 0.5, I = 0.6 from step 0: U = 0.6, 0.9, 1.05 (spike). Delayed (snnTorch): U[3] = 0.525 + 0.6 - 1 = 0.125.
+    # At once (Norse, SpikingJelly): U[2] = 1.05 - 1 = 0.05, U[3] = 0.025 + 0.6.
+    result = invoke("--set", "neuron.beta=0.5", "--set", "stimulus.amplitude=0.6", "--set", "stimulus.onset=0",
+                    "--set", "time_steps=4", "--set", f"neuron.reset_delay={str(delay).lower()}")
+    assert result.exit_code == 0, result.output
+    traces = np.load(Path(result.output.strip().splitlines()[-1]) / "traces.npz")
+    assert list(traces["spike_steps"]) == [2]
+    expected = [0.6, 0.9, 1.05 if delay else 0.05, after]
+    assert traces["membrane"][:, 0] == pytest.approx(expected, abs=1e-6)

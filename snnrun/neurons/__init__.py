@@ -53,21 +53,27 @@ class Model:
 
     name: str
     config: type  # its `neuron` config section
+    state: type  # its state (a NamedTuple of tensors, the membrane among them)
     step: Callable  # step(current, state, params, spike_fn) -> (spikes, state)
     initial_state: Callable[[Tensor], tuple]  # from the initial membrane
     rest: Callable[[object], Scalar]  # the membrane at rest, where a run starts unless told
     threshold: Callable[[object], Scalar]  # the firing threshold (for plots)
     trainable: bool = False  # `train` builds layers of it
 
+    @property
+    def has_synaptic_current(self) -> bool:
+        return "synaptic_current" in self.state._fields
+
 
 MODELS: dict[str, Model] = {
-    "leaky": Model("leaky", LeakyConfig, leaky_step, leaky.initial_state, lambda p: 0.0, lambda p: p.threshold,
-                   trainable=True),
-    "synaptic": Model("synaptic", SynapticConfig, synaptic_step, synaptic.initial_state, lambda p: 0.0,
-                      lambda p: p.threshold, trainable=True),
-    "lapicque": Model("lapicque", LapicqueConfig, lapicque_step, lapicque.initial_state, lambda p: 0.0,
-                      lambda p: p.threshold),
-    "lif": Model("lif", LIFConfig, lif_step, lif.initial_state, lambda p: p.v_rest_mv, lambda p: p.v_thresh_mv),
+    "leaky": Model("leaky", LeakyConfig, LeakyState, leaky_step, leaky.initial_state, lambda p: 0.0,
+                   lambda p: p.threshold, trainable=True),
+    "synaptic": Model("synaptic", SynapticConfig, SynapticState, synaptic_step, synaptic.initial_state,
+                      lambda p: 0.0, lambda p: p.threshold, trainable=True),
+    "lapicque": Model("lapicque", LapicqueConfig, LeakyState, lapicque_step, lapicque.initial_state,
+                      lambda p: 0.0, lambda p: p.threshold),
+    "lif": Model("lif", LIFConfig, LIFState, lif_step, lif.initial_state, lambda p: p.v_rest_mv,
+                 lambda p: p.v_thresh_mv),
 }
 
 

@@ -65,6 +65,18 @@ def check_beta_or_tau(section, path: str, source: str | None) -> None:
                           related=(f"{path}.{given}",))
 
 
+class RestsAtZero:
+    """The discrete models' levels: the membrane rests at 0 and fires above `threshold`."""
+
+    @property
+    def rest(self) -> float:
+        return 0.0
+
+    @property
+    def firing_threshold(self) -> float | list:
+        return self.threshold
+
+
 def heaviside(x: Tensor) -> Tensor:
     """S = 1 where x > 0, else 0, in x's dtype (the forward pass of every surrogate)."""
     return (x > 0).to(x.dtype)

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 from snnrun.config import ConfigError, number
 from snnrun.neurons.common import (
     Clock,
+    RestsAtZero,
     Scalar,
     SpikeFn,
     Tensor,
@@ -30,7 +32,7 @@ DEFAULT_C = 1e-3
 
 
 @dataclass(frozen=True)
-class LapicqueConfig:
+class LapicqueConfig(RestsAtZero):
     """The `neuron` section of a Lapicque neuron."""
 
     model: str = model_key("lapicque")
@@ -43,6 +45,10 @@ class LapicqueConfig:
                                 minimum=0, maximum=1, exclusive_minimum=True, nullable=True)
     threshold: float | list = threshold_key()
     reset: str = reset_key()
+
+    current_unit: ClassVar[str] = "A"  # SI, as snnTorch's tutorial: R in ohms, C in farads, time_step in seconds
+    membrane_unit: ClassVar[str] = "V"
+    time_unit: ClassVar[str] = "s"
 
     def validate(self, path, source):
         if self.beta is not None and self.beta >= 1:
@@ -61,7 +67,7 @@ class LapicqueConfig:
         return LapicqueParameters(R, C, self.time_step, values(self.threshold, device, dtype), self.reset)
 
     def clock(self) -> Clock:
-        return Clock(self.time_step, "s")
+        return Clock(self.time_step, self.time_unit)
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,12 @@ Fast path: `sequence.run_sequence`, the whole sequence as one autograd node with
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 from snnrun.neurons.common import (
     DEFAULT_BETA,
     Clock,
+    RestsAtZero,
     Scalar,
     SpikeFn,
     Tensor,
@@ -37,7 +38,7 @@ from snnrun.neurons.common import (
 
 
 @dataclass(frozen=True)
-class LeakyConfig:
+class LeakyConfig(RestsAtZero):
     """The `neuron` section of a leaky neuron, in `simulate` and `train` alike."""
 
     model: str = model_key("leaky")
@@ -47,6 +48,10 @@ class LeakyConfig:
     threshold: float | list = threshold_key()
     reset: str = reset_key()
     reset_delay: bool = reset_delay_key()
+
+    current_unit: ClassVar[str] = ""  # unitless, as snnTorch's discrete models
+    membrane_unit: ClassVar[str] = ""
+    time_unit: ClassVar[str] = "step"
 
     def validate(self, path, source):
         check_beta_or_tau(self, path, source)
@@ -61,7 +66,7 @@ class LeakyConfig:
                                self.reset_delay)
 
     def clock(self) -> Clock:
-        return Clock(1.0, "step")
+        return Clock(1.0, self.time_unit)
 
 
 class LeakyState(NamedTuple):

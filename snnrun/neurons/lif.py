@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cached_property
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 
@@ -37,6 +37,24 @@ class LIFConfig:
     dt_ms: float = number(0.1, "integration step (ms)", minimum=0, exclusive_minimum=True)
     method: str = choice("exact", ["exact", "euler"], "integration of the membrane equation")
 
+    current_unit: ClassVar[str] = "nA"  # Brian2's units: R*I in mV for I in nA and R in MOhm
+    membrane_unit: ClassVar[str] = "mV"
+    time_unit: ClassVar[str] = "ms"
+
+    @property
+    def rest(self) -> float | list:
+        return self.v_rest_mv
+
+    @property
+    def firing_threshold(self) -> float | list:
+        return self.v_thresh_mv
+
+    @property
+    def rheobase(self) -> float:
+        """The smallest constant current (nA) that makes the (first) neuron fire: (v_thresh - v_rest) / R."""
+        first = lambda x: float(x[0] if isinstance(x, list) else x)  # noqa: E731
+        return (first(self.v_thresh_mv) - first(self.v_rest_mv)) / first(self.r_mohm)
+
     def validate(self, path, source):
         for reset, thresh in pairs(self.v_reset_mv, self.v_thresh_mv):
             if reset >= thresh:
@@ -49,7 +67,7 @@ class LIFConfig:
                              self.refractory_ms, v(self.r_mohm), self.dt_ms, self.method)
 
     def clock(self) -> Clock:
-        return Clock(self.dt_ms, "ms")
+        return Clock(self.dt_ms, self.time_unit)
 
 
 class LIFState(NamedTuple):
