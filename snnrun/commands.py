@@ -32,7 +32,7 @@ from snnrun.config import (
     switch_kinds,
     to_dict,
 )
-from snnrun.data import Split, load_mnist
+from snnrun.data import Split
 from snnrun.devices import available_memory, resolve_device
 from snnrun.evaluation import TrainedRun, evaluate_run, load_network, locate
 from snnrun.network import Network
@@ -252,7 +252,7 @@ def load_train_config(path: Path | None, overrides: list[str], device: str | Non
             saved = read_checkpoint(checkpoint, keys=RESUME_KEYS).get("config")
         except CheckpointError as error:
             raise RunFolderError(f"{error}; nothing to resume from", source=str(checkpoint)) from None
-        edited = config_changes(saved, config_to_dict(cfg)) if saved is not None else []
+        edited = config_changes(_resolved_again(saved), config_to_dict(cfg)) if saved is not None else []
         if edited and not force:
             raise RunFolderError(f"config.yaml was edited after the checkpoint was written ({'; '.join(edited)}); "
                                  "restore it, or pass --force to continue with the edited config",
@@ -294,6 +294,15 @@ def continue_finished(finished: Path, epochs: int, out: Path, into: Path | None 
     write_json(folder / "env.json", environment(cfg.device))
     write_text(folder / "run.log", f"continued from {finished} after its {done} epoch(s), to {epochs} epochs\n")
     return folder
+
+
+def _resolved_again(saved: dict) -> dict:
+    """A checkpoint's config as this version resolves it: keys added since it was written take their
+    defaults (which keep the behaviour of before), so only real edits count as edits."""
+    try:
+        return config_to_dict(parse_train(saved, "checkpoint"))
+    except UserError:  # no longer valid: compared as it was saved, every difference shown
+        return saved
 
 
 def config_changes(before: dict, after: dict, prefix: str = "") -> list[str]:
@@ -368,7 +377,6 @@ def run_training(cfg: TrainConfig, out: Path, callbacks: Callbacks, resume: Path
         require_tensorboard(source="tensorboard")
     ensure_writable(resume / "checkpoints" if resume is not None else into if into is not None else out)
     _check_empty(into)
-    load_mnist(cfg.data.root, cfg.data.download)  # no data: a clear error before any folder exists
     with using_threads(cpu_threads(cfg) if device.type == "cpu" else None):
         if device.type == "cpu" and resume is None:  # threads change the sums' rounding: config.yaml says how many
             cfg = replace(cfg, threads=torch.get_num_threads())

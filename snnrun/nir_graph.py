@@ -45,6 +45,9 @@ def to_nir(model: Network, train_config: dict, dt: float = DEFAULT_DT):
     """The network as a NIRGraph (float64 arrays; see the module docstring for the mapping)."""
     nir = require_nir()
     cfg = model.cfg
+    if cfg.convolutional:
+        raise UserError("networks with convolutions cannot be exported to NIR yet (only linear layers)",
+                        source="snnrun export")
     nodes = {"input": nir.Input(input_type={"input": np.array([cfg.input_size])})}
     chain = ["input"]
     layers = list(zip(model.linears, model.neurons, [layer.neuron for layer in cfg.hidden], strict=True))

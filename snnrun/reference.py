@@ -9,6 +9,7 @@ from snnrun.config import reference_rows
 from snnrun.schema import (
     NEURONS,
     TRAINED,
+    ConvSpec,
     DataConfig,
     EncodingConfig,
     LayerSpec,
@@ -52,6 +53,8 @@ def training_reference() -> str:
         parts += _table(f"`model.neuron` with `model: {model}` (every layer; override per layer in `model.hidden` "
                         "dicts and in `model.output`)", cls, "model.neuron.")
     parts += _table("`model.hidden` items given as dicts (plus any `model.neuron` key)", LayerSpec, "")
+    parts += _table("`model.layers` items with `conv` (plus any `model.neuron` key; `{linear: size, dropout}` items "
+                    "are the linear layers)", ConvSpec, "")
     parts += _table("`model.surrogate`", SurrogateSpec, "model.surrogate.")
     parts += _table("`encoding`", EncodingConfig, "encoding.")
     parts += _table("`train`", TrainSettings, "train.")

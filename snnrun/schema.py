@@ -25,6 +25,7 @@ from snnrun.config import (
     rule_of,
     to_dict,
 )
+from snnrun.data import DATASETS
 from snnrun.neurons import MODELS, LapicqueConfig, LeakyConfig, LIFConfig, SynapticConfig
 from snnrun.stimulus import parse_stimulus
 from snnrun.surrogate import KINDS as SURROGATES
@@ -246,10 +247,50 @@ class LayerSpec:
 
 
 @dataclass(frozen=True)
+class ConvSpec:
+    """A spiking convolution layer: Conv2d of the layer's input (its current pooled first when `pool` is given,
+    as snnTorch's tutorial 6 pools before its neurons), then one neuron per output position and channel."""
+
+    conv: int = integer(12, "output channels", minimum=1)
+    kernel: int = integer(5, "kernel size (square)", minimum=1)
+    stride: int = integer(1, "stride", minimum=1)
+    padding: int = integer(0, "zero padding on each side", minimum=0)
+    pool: int | None = integer(None, "pool the convolution's output by this size before the neurons (null: none)",
+                               minimum=1, nullable=True)
+    pool_kind: str = choice("max", ["max", "avg"], "max or average pooling")
+    dropout: float | None = number(None, "dropout on the layer's spikes (null: model.dropout)", minimum=0,
+                                   maximum=0.95, nullable=True)
+    neuron: TrainedNeuron | None = field(None, "any", "neuron overrides of this layer", nullable=True)
+
+    def shape_after(self, shape: tuple[int, int, int]) -> tuple[int, int, int] | None:
+        """(channels, height, width) out of this layer for an input of `shape`; None where the kernel or the
+        pooling does not fit."""
+        _, height, width = shape
+        sides = [(side + 2 * self.padding - self.kernel) // self.stride + 1 for side in (height, width)]
+        if self.pool:
+            sides = [side // self.pool for side in sides]
+        return (self.conv, *sides) if min(sides) >= 1 else None
+
+
+def _fan_out(layer, outputs: int) -> float:
+    if layer is None:
+        return float(outputs)
+    if isinstance(layer, ConvSpec):
+        return layer.conv * layer.kernel ** 2 / layer.stride ** 2
+    return float(layer.size)
+
+
+IMAGE_SHAPE = (1, 28, 28)  # (channels, height, width) of the MNIST family
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     input_size: int = integer(784, "input features (28 x 28 pixels)", minimum=1)
-    hidden: list = field([1000], "list", "hidden layers: sizes, or dicts {size, dropout, and neuron keys}",
-                         item_kind="integer")
+    hidden: list = field([1000], "list", "hidden layers: sizes, or dicts {size, dropout, and neuron keys} (the "
+                         "short form of `layers` for a network of linear layers)", item_kind="integer")
+    layers: list | None = field(None, "any", "instead of hidden: the layers in order, each {conv: channels, kernel, "
+                                "stride, padding, pool, pool_kind} or {linear: size}, with dropout and neuron keys; "
+                                "a flatten before the first linear layer is implied", nullable=True)
     outputs: int = integer(10, "output neurons (classes)", minimum=2)
     neuron: TrainedNeuron = section(TrainedLeaky)
     output: dict | None = field(None, "any", "neuron overrides for the output layer (e.g. {reset: none})",
@@ -266,25 +307,85 @@ class ModelConfig:
         spike counts are zero): in metrics, eval.json, TensorBoard tags and plots."""
         return [f"hidden{i + 1}" for i in range(len(self.hidden))] + ["output"]
 
+    @property
+    def convolutional(self) -> bool:
+        return any(isinstance(layer, ConvSpec) for layer in self.hidden)
+
+    @property
+    def shapes(self) -> list[tuple[int, ...]]:
+        """The shape of each hidden layer's spikes per sample: (channels, height, width) after a convolution,
+        (size,) after a linear layer (the checks of `parse_model` guarantee that every layer fits)."""
+        shape: tuple[int, ...] = IMAGE_SHAPE if self.convolutional else (self.input_size,)
+        shapes = []
+        for layer in self.hidden:
+            shape = layer.shape_after(shape) if isinstance(layer, ConvSpec) else (layer.size,)
+            shapes.append(shape)
+        return shapes
+
+    @property
+    def layer_sizes(self) -> list[int]:
+        """Neurons of each layer (hidden..., output)."""
+        return [math.prod(shape) for shape in self.shapes] + [self.outputs]
+
+    @property
+    def fan_outs(self) -> list[float]:
+        """Synapses that one spike of the input and of each hidden layer drives in the layer after it: a linear
+        layer's size, a convolution's out_channels x kernel² / stride² (borders aside), the readout's outputs."""
+        after = [*self.hidden[1:], None] if self.hidden else [None]
+        first = self.hidden[0] if self.hidden else None
+        return [_fan_out(layer, self.outputs) for layer in [first, *after]]
+
+    @property
+    def dense_input_macs(self) -> int:
+        """Multiply-accumulates of the first synaptic layer for one constant (direct) input."""
+        if not self.hidden:
+            return self.input_size * self.outputs
+        layer = self.hidden[0]
+        if isinstance(layer, LayerSpec):
+            return self.input_size * layer.size
+        unpooled = replace(layer, pool=None).shape_after(self.input_shape)
+        return math.prod(unpooled) * self.input_shape[0] * layer.kernel ** 2
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return IMAGE_SHAPE if self.convolutional else (self.input_size,)
+
     def dropouts(self) -> list[float]:
         """The dropout of each hidden layer (its own, or model.dropout)."""
         return [self.dropout if layer.dropout is None else layer.dropout for layer in self.hidden]
 
 
 def parse_model(data, key: str, source: str | None) -> ModelConfig:
-    """The model section: hidden layers may be sizes or dicts, each with neuron overrides."""
+    """The model section: hidden layers as sizes or dicts (linear layers), or `layers` (convolutions and linear
+    layers), each with neuron overrides; every layer checked to fit the one before it."""
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError("expected a mapping", source=source, key=key)
     base = _parse_kind(TRAINED, _before_neuron_home(data.get("neuron")), f"{key}.neuron", source)
     surrogate = parse(SurrogateSpec, data.get("surrogate"), path=f"{key}.surrogate", source=source)
-    hidden_raw = data.get("hidden", [1000])
+    if data.get("layers") is not None:
+        if data.get("hidden") is not None:
+            raise ConfigError("give hidden (linear layer sizes) or layers, not both", source=source,
+                              key=f"{key}.layers", related=(f"{key}.hidden",))
+        layers = _parse_layers(data["layers"], base, f"{key}.layers", source)
+    else:
+        layers = _parse_hidden(data.get("hidden", [1000]), base, f"{key}.hidden", source)
+    output = _override(base, _before_neuron_home(data.get("output") or {}), f"{key}.output", source)
+    rest = {k: v for k, v in data.items() if k not in ("neuron", "surrogate", "hidden", "layers", "output")}
+    cfg = parse(ModelConfig, rest, path=key, source=source,
+                sections={"neuron": lambda *_: base, "surrogate": lambda *_: surrogate})
+    cfg = replace(cfg, hidden=layers, output=output)
+    _check_shapes(cfg, key, source, "layers" if data.get("layers") is not None else "hidden")
+    return cfg
+
+
+def _parse_hidden(hidden_raw, base, key: str, source) -> list:
     if not isinstance(hidden_raw, list):
         raise ConfigError(f"{hidden_raw!r} is not allowed; expected a list of layer sizes or layer dicts",
-                          source=source, key=f"{key}.hidden")
+                          source=source, key=key)
     layers = []
     for i, item in enumerate(hidden_raw):
-        path = f"{key}.hidden[{i}]"
+        path = f"{key}[{i}]"
         if isinstance(item, dict):
             own = {k: v for k, v in item.items() if k in ("size", "dropout")}
             spec = parse(LayerSpec, own, path=path, source=source)
@@ -294,11 +395,64 @@ def parse_model(data, key: str, source: str | None) -> ModelConfig:
             overrides = {}
         neuron = _override(base, _before_neuron_home(overrides), path, source)
         layers.append(replace(spec, neuron=neuron))
-    output = _override(base, _before_neuron_home(data.get("output") or {}), f"{key}.output", source)
-    rest = {k: v for k, v in data.items() if k not in ("neuron", "surrogate", "hidden", "output")}
-    cfg = parse(ModelConfig, rest, path=key, source=source,
-                sections={"neuron": lambda *_: base, "surrogate": lambda *_: surrogate})
-    return replace(cfg, hidden=layers, output=output)
+    return layers
+
+
+LAYER_KEYS = {"conv": ("conv", "kernel", "stride", "padding", "pool", "pool_kind", "dropout"),
+              "linear": ("linear", "dropout")}
+
+
+def _parse_layers(items, base, key: str, source) -> list:
+    """`model.layers`: {conv: channels, ...} and {linear: size, ...} items (and an optional `flatten`
+    between the two kinds), each with its neuron keys."""
+    if not isinstance(items, list) or not items:
+        raise ConfigError(f"{items!r} is not allowed; expected a list of layers such as {{conv: 12, kernel: 5, "
+                          "pool: 2}} or {linear: 128}", source=source, key=key)
+    layers, flat = [], False
+    for i, item in enumerate(items):
+        path = f"{key}[{i}]"
+        if item == "flatten":
+            flat = True
+            continue
+        kinds = [kind for kind in LAYER_KEYS if isinstance(item, dict) and kind in item]
+        if len(kinds) != 1:
+            raise ConfigError(f"{item!r} is not allowed; expected a layer with one of conv (channels) or linear "
+                              "(size), or flatten", source=source, key=path)
+        kind = kinds[0]
+        own = {k: v for k, v in item.items() if k in LAYER_KEYS[kind]}
+        overrides = {k: v for k, v in item.items() if k not in LAYER_KEYS[kind]}
+        neuron_keys = {f.name for cls in TRAINED.values() for f in dataclasses.fields(cls)}
+        unknown = [k for k in overrides if k not in neuron_keys]
+        if unknown:
+            raise ConfigError(f"unknown key; allowed here: {', '.join(LAYER_KEYS[kind])}, and the neuron keys "
+                              f"({', '.join(f.name for f in dataclasses.fields(TrainedSynaptic))})",
+                              source=source, key=f"{path}.{unknown[0]}")
+        if kind == "conv":
+            if flat or any(isinstance(layer, LayerSpec) for layer in layers):
+                raise ConfigError("a convolution after a linear layer (or flatten) is not allowed: convolutions "
+                                  "come first", source=source, key=path)
+            spec = parse(ConvSpec, own, path=path, source=source)
+        else:
+            spec = parse(LayerSpec, {"size": own.pop("linear"), **own}, path=path, source=source)
+        layers.append(replace(spec, neuron=_override(base, _before_neuron_home(overrides), path, source)))
+    return layers
+
+
+def _check_shapes(cfg: ModelConfig, key: str, source, given: str) -> None:
+    """Every convolution must fit the shape it gets: a ConfigError naming the layer and both shapes."""
+    shape: tuple[int, ...] = cfg.input_shape
+    for i, layer in enumerate(cfg.hidden):
+        if isinstance(layer, ConvSpec):
+            after = layer.shape_after(shape)
+            if after is None:
+                pooled = f" then a {layer.pool}x{layer.pool} pool" if layer.pool else ""
+                raise ConfigError(
+                    f"a {layer.kernel}x{layer.kernel} kernel (stride {layer.stride}, padding {layer.padding}){pooled} "
+                    f"does not fit its input of {' x '.join(map(str, shape))} (channels x height x width); use a "
+                    "smaller kernel or pool, or padding", source=source, key=f"{key}.{given}[{i}]")
+            shape = after
+        else:
+            shape = (layer.size,)
 
 
 def _override(base: TrainedNeuron, overrides, path: str, source) -> TrainedNeuron:
@@ -327,16 +481,30 @@ def _before_neuron_home(section):
 
 
 def model_to_dict(cfg: ModelConfig) -> dict:
-    """The model section as it would be written in YAML (hidden layers as dicts)."""
+    """The model section as it would be written in YAML: hidden layers as dicts, or `layers` for a network
+    with convolutions."""
     out = to_dict(cfg)
-    out["hidden"] = [{"size": layer.size, "dropout": layer.dropout, **to_dict(layer.neuron)} for layer in cfg.hidden]
+    if not cfg.convolutional:
+        out["hidden"] = [{"size": layer.size, "dropout": layer.dropout, **to_dict(layer.neuron)}
+                         for layer in cfg.hidden]
+        del out["layers"]
+        return out
+    out["hidden"], out["layers"] = None, []
+    for layer in cfg.hidden:
+        own = to_dict(layer)
+        neuron = own.pop("neuron")
+        if isinstance(layer, LayerSpec):
+            own = {"linear": own.pop("size"), **own}
+        out["layers"].append({**own, **neuron})
     return out
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    root: str = field("data", "string", "folder holding MNIST/raw/*-ubyte (torchvision's layout)")
-    download: bool = field(False, "bool", "let torchvision download MNIST when it is missing")
+    dataset: str = choice("mnist", DATASETS, "mnist, fashion_mnist or kmnist: 28 x 28 grey images of 10 classes")
+    root: str = field("data", "string", "folder holding MNIST/raw/*-ubyte (FashionMNIST/raw, KMNIST/raw: "
+                      "torchvision's layout)")
+    download: bool = field(False, "bool", "let torchvision download the data set when it is missing")
     val_size: int = integer(5000, "training images held out to choose the best epoch", minimum=0, maximum=30000)
 
 

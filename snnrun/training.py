@@ -24,7 +24,7 @@ from torch import nn
 from snnrun import distributed
 from snnrun import encoding as encodings
 from snnrun.config import ConfigError
-from snnrun.data import Split, load_mnist, validation_split
+from snnrun.data import Split, load_images, validation_split
 from snnrun.distributed import Ranks
 from snnrun.network import Network, NetworkOutput
 from snnrun.runs import write_atomically
@@ -43,7 +43,7 @@ class TrainingDiverged(Exception):
 
 def load_splits(cfg: TrainConfig, device) -> tuple[Split, Split, Split]:
     """(train, val, test) as uint8 tensors on the device, with the config's subset applied."""
-    train, test = load_mnist(cfg.data.root, cfg.data.download)
+    train, test = load_images(cfg.data.root, cfg.data.dataset, cfg.data.download)
     train, val = validation_split(train, min(cfg.data.val_size, len(train) // 2), cfg.train.seed)
     subset = cfg.train.subset
     if subset.train is not None:  # the validation images stay data.val_size, whatever the subset
@@ -221,7 +221,7 @@ def small_network_threads(model, batch_size: int) -> int | None:
     network give a second thread little to do, and waking it for each of the hundreds of small operations of
     a step costs more than it saves. The Norse-tutorial network (batch 32 x 128 neurons, 10 steps) trained at
     1.12-1.37 ms a step on one thread against 1.75-2.45 ms on two, on the 2-core benchmark machine."""
-    widest = max([layer.size for layer in model.hidden] + [model.outputs])
+    widest = max(model.layer_sizes)
     return 1 if batch_size * widest <= SMALL_LAYER else None
 
 

@@ -364,3 +364,20 @@ def test_run_folders_written_before_the_neuron_home_still_load():
     Network(cfg, time_steps=4).load_state_dict(old_state)  # strict: nothing missing, nothing unexpected
     with pytest.raises(ConfigError, match="unknown key"):  # a config of today that gives leaky an alpha is told
         parse_model({"neuron": {"model": "leaky", "alpha": 0.8}}, "model", "new.yaml")
+
+
+def test_a_checkpoint_config_written_before_new_keys_is_not_an_edit():
+    """Resuming a run started by an older version: keys added since (data.dataset) take their defaults, and the
+    unused alpha of old leaky sections goes, so only real edits stop a resume."""
+    from snnrun.commands import _resolved_again, config_changes
+    from snnrun.schema import config_to_dict
+
+    cfg = small_config()
+    saved = config_to_dict(cfg)
+    del saved["data"]["dataset"]
+    for section in [saved["model"]["neuron"], *saved["model"]["hidden"]]:
+        section["alpha"] = 0.8
+    assert config_changes(saved, config_to_dict(cfg))  # compared raw, they differ
+    assert config_changes(_resolved_again(saved), config_to_dict(cfg)) == []
+    edited = {**saved, "train": {**saved["train"], "lr": 0.5}}
+    assert config_changes(_resolved_again(edited), config_to_dict(cfg)) == [f"train.lr: 0.5 -> {cfg.train.lr!r}"]
