@@ -37,6 +37,34 @@ def snntorch_tutorial5(beta: float = 0.95) -> nn.Module:
     return Net()
 
 
+def snntorch_csnn(beta: float = 0.5) -> nn.Module:
+    """snnTorch tutorial 6: 12C5-MP2-64C5-MP2-FC10 of Leaky neurons (fast sigmoid, slope 25), each convolution's
+    output max-pooled before its neurons, every layer called once per step in a Python loop (the tutorial's
+    `net(data)` per step, with the same static image each step)."""
+    import snntorch as snn
+    from snntorch import surrogate
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            grad = surrogate.fast_sigmoid(slope=25)
+            self.conv1, self.conv2, self.fc = nn.Conv2d(1, 12, 5), nn.Conv2d(12, 64, 5), nn.Linear(64 * 4 * 4, 10)
+            self.lif1, self.lif2, self.lif3 = (snn.Leaky(beta=beta, spike_grad=grad) for _ in range(3))
+
+        def forward(self, x, steps: int):
+            mem1, mem2, mem3 = self.lif1.init_leaky(), self.lif2.init_leaky(), self.lif3.init_leaky()
+            spk_rec, mem_rec = [], []
+            for _ in range(steps):
+                spk1, mem1 = self.lif1(nn.functional.max_pool2d(self.conv1(x), 2), mem1)
+                spk2, mem2 = self.lif2(nn.functional.max_pool2d(self.conv2(spk1), 2), mem2)
+                spk3, mem3 = self.lif3(self.fc(spk2.flatten(1)), mem3)
+                spk_rec.append(spk3)
+                mem_rec.append(mem3)
+            return torch.stack(spk_rec), torch.stack(mem_rec)
+
+    return Net()
+
+
 def spikingjelly_tutorial5(beta: float = 0.95) -> nn.Module:
     """The same network with SpikingJelly's multi-step layers: LIFNode with tau = 1/(1 - beta), no input decay,
     soft (subtract) reset, detached reset, ATan surrogate; the whole sequence through each layer at once."""

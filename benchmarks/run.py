@@ -8,6 +8,8 @@ Rows (each peer's network is written in its own idiom in benchmarks/peers.py):
   input spikes, first-batch losses checked within 1e-4 before timing. Norse's tutorial network (784-128-10,
   10 steps, constant input recomputed through the first layer every step, batch 32) against
   configs/norse_tutorial.yaml's network (timed only: the neuron dynamics differ, see the README);
+- conv: snnTorch's tutorial-6 CSNN (12C5-MP2-64C5-MP2-FC10, 50 steps, batch 128, ce_rate_loss, Adam 1e-2) against
+  configs/snntorch_csnn.yaml's network, same initial weights and digits, first-batch losses checked within 1e-4;
 - crossover: the first layer's forward + weight gradient, dense GEMM against snnrun's gather over spikes, by
   input spike density;
 - open-neuromorphic: one Linear + LIF layer, batch 16, 500 steps, forward + backward of output.sum(), for
@@ -222,6 +224,47 @@ def train_row(peer: str, repeats: int) -> dict:
             "snnrun_threads": threads or torch.get_num_threads()}
 
 
+def csnn_row(repeats: int) -> dict:
+    """snnTorch's tutorial-6 CSNN against configs/snntorch_csnn.yaml's network: the same initial weights, the same
+    digits as a static input for 50 steps, snnTorch's ce_rate_loss (snnrun's ce_rate_steps), Adam 1e-2."""
+    if not installed("snntorch"):
+        return {"peer": "snnTorch", "skipped": "snntorch is not installed (make bench installs it)"}
+    from snntorch import functional as SF
+
+    from snnrun.config import config_path, load_yaml
+    from snnrun.schema import parse_train
+
+    cfg = parse_train(load_yaml(config_path("snntorch_csnn")), "snntorch_csnn.yaml")
+    steps, batch = cfg.encoding.time_steps, cfg.train.batch_size
+    torch.manual_seed(0)
+    theirs = peers.snntorch_csnn()
+    ours = Network(cfg.model, steps)
+    with torch.no_grad():
+        for mine, their in zip([*ours.linears, ours.readout], [theirs.conv1, theirs.conv2, theirs.fc], strict=True):
+            mine.weight.copy_(their.weight)
+            mine.bias.copy_(their.bias)
+    theirs, ours = theirs.to(DEVICE), ours.to(DEVICE)
+    pixels, y = (t.to(DEVICE) for t in mnist_batch(batch))
+    opt_theirs = torch.optim.Adam(theirs.parameters(), lr=cfg.train.lr, betas=(0.9, 0.999))
+    opt_ours = make_optimizer(ours, cfg.train)
+    ce_rate = SF.ce_rate_loss()
+    step_theirs = step_of(lambda x: theirs(x, steps), opt_theirs, lambda out, y: ce_rate(out[0], y),
+                          pixels.reshape(batch, 1, 28, 28), y)
+    step_ours = step_of(ours, opt_ours, lambda out, y: loss_of(out, y, cfg.train, steps), pixels * cfg.encoding.gain,
+                        y)
+    threads = small_network_threads(ours.cfg, batch) if DEVICE.type == "cpu" else None
+    if threads:
+        step_ours = on_threads(step_ours, threads)
+    first_theirs, first_ours = float(step_theirs().detach()), float(step_ours().detach())
+    if abs(first_theirs - first_ours) > 1e-4:
+        raise SystemExit(f"snnTorch CSNN: first-batch losses differ: {first_theirs} vs snnrun {first_ours}")
+    t_theirs, t_ours = paired_median_seconds(step_theirs, step_ours, repeats, min_seconds=10.0)
+    return {"peer": "snnTorch", "network": f"tutorial 6 CSNN 12C5-MP2-64C5-MP2-FC10, {steps} steps, batch {batch}",
+            "same_numbers": True, "first_loss_peer": first_theirs, "first_loss_snnrun": first_ours,
+            "peer_samples_per_s": batch / t_theirs, "snnrun_samples_per_s": batch / t_ours, "ratio": t_theirs / t_ours,
+            "snnrun_threads": threads or torch.get_num_threads()}
+
+
 # --------------------------------------------------------------------------- sparse first layer: cross-over
 
 
@@ -388,7 +431,7 @@ def startup(threads: int, repeats: int = 5) -> dict:
 # --------------------------------------------------------------------------- main
 
 
-ROWS = ("train", "crossover", "open_neuromorphic", "simulate", "startup")
+ROWS = ("train", "conv", "crossover", "open_neuromorphic", "simulate", "startup")
 
 
 def main() -> None:
@@ -421,6 +464,9 @@ def main() -> None:
     for peer in ("snnTorch", "SpikingJelly", "Norse") if "train" in args.only else ():
         with console.status(f"training: {peer}"):
             results["train"].append(train_row(peer, args.repeats))
+    if "conv" in args.only:
+        with console.status("training: snnTorch's tutorial-6 CSNN"):
+            results["train"].append(csnn_row(max(3, args.repeats // 3)))
     if not cuda and "crossover" in args.only:
         with console.status("cross-over of the gathered first layer"):
             results["crossover"] = crossover(5)

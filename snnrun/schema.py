@@ -536,9 +536,10 @@ class TrainSettings:
                            "or per epoch (step)")
     step_size: int = integer(1, "step schedule: epochs between decays", minimum=1)
     gamma: float = number(0.1, "step schedule: decay factor", minimum=0, maximum=1, exclusive_minimum=True)
-    loss: str = choice("ce", ["ce", "ce_rate", "ce_membrane", "mse_count"],
-                       "ce: cross-entropy of the readout; ce_rate: of output spike counts; ce_membrane: summed over "
-                       "steps of the output membrane; mse_count: spike counts against target rates")
+    loss: str = choice("ce", ["ce", "ce_rate", "ce_rate_steps", "ce_membrane", "mse_count"],
+                       "ce: cross-entropy of the readout; ce_rate: of output spike counts; ce_rate_steps: of each "
+                       "step's output spikes, averaged over steps (snnTorch's ce_rate_loss); ce_membrane: summed "
+                       "over steps of the output membrane; mse_count: spike counts against target rates")
     correct_rate: float = number(0.8, "mse_count: target firing rate of the right class", minimum=0, maximum=1)
     incorrect_rate: float = number(0.2, "mse_count: target firing rate of the others", minimum=0, maximum=1)
     grad_clip: float | None = number(None, "clip the gradient norm (null: no clipping)", minimum=0,
@@ -570,7 +571,7 @@ class TrainConfig:
     other_command = ("simulate", frozenset({"neuron", "neurons", "stimulus", "time_steps", "record_neurons"}))
 
     def validate(self, path, source):
-        needs_neurons = self.train.loss in ("ce_rate", "ce_membrane", "mse_count")
+        needs_neurons = self.train.loss in ("ce_rate", "ce_rate_steps", "ce_membrane", "mse_count")
         if needs_neurons and self.model.readout == "mean_current":
             raise ConfigError(f"{self.train.loss} is not allowed with model.readout: mean_current (it has no output "
                               "neurons); use loss: ce", source=source, key="train.loss", related=("model.readout",))

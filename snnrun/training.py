@@ -68,6 +68,11 @@ def loss_of(out: NetworkOutput, labels: torch.Tensor, settings: TrainSettings, t
         return F.cross_entropy(out.logits, labels)
     if settings.loss == "ce_rate":
         return F.cross_entropy(out.spikes.sum(dim=0), labels)
+    if settings.loss == "ce_rate_steps":  # snnTorch's ce_rate_loss (tutorial 6): each step's spikes as logits
+        steps, batch, classes = out.spikes.shape
+        per_step = F.cross_entropy(out.spikes.reshape(steps * batch, classes), labels.repeat(steps),
+                                   reduction="none")
+        return per_step.reshape(steps, batch).mean(dim=1).mean()
     if settings.loss == "ce_membrane":  # snnTorch tutorial 5: the sum over steps of per-step cross-entropy
         steps, batch, classes = out.membrane.shape
         per_step = F.cross_entropy(out.membrane.reshape(steps * batch, classes), labels.repeat(steps),

@@ -167,3 +167,21 @@ def test_snntorch_tutorial_6_config_trains_on_mnist(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads((Path(result.output.strip().splitlines()[-1]) / "summary.json").read_text())
     assert summary["test_accuracy"] > 0.5
+
+
+def test_ce_rate_steps_is_snntorchs_ce_rate_loss():
+    from snnrun.network import NetworkOutput
+    from snnrun.schema import TrainSettings
+    from snnrun.training import loss_of
+
+    spikes = torch.tensor([[[1.0, 0.0]], [[0.0, 0.0]]])  # two steps, one sample, two classes; label 0
+    out = NetworkOutput(spikes.sum(0), spikes, None, torch.zeros(1))
+    hand = (-np.log(np.e / (np.e + 1)) + np.log(2)) / 2  # step 1: logits (1, 0); step 2: (0, 0)
+    assert float(loss_of(out, torch.tensor([0]), TrainSettings(loss="ce_rate_steps"), 2)) == pytest.approx(hand)
+    functional = pytest.importorskip("snntorch.functional", reason="snntorch (the peers extra) is not installed")
+    g = torch.Generator().manual_seed(0)
+    spikes = (torch.rand(7, 5, 10, generator=g) < 0.3).float()
+    labels = torch.randint(0, 10, (5,), generator=g)
+    ours = loss_of(NetworkOutput(spikes.sum(0), spikes, None, torch.zeros(1)), labels,
+                   TrainSettings(loss="ce_rate_steps"), 7)
+    assert float(ours) == pytest.approx(float(functional.ce_rate_loss()(spikes, labels)), rel=1e-6)
