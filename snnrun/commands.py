@@ -49,6 +49,7 @@ from snnrun.runs import (
 from snnrun.schema import (
     SIMULATION_KINDS,
     TRAIN_KINDS,
+    ConvSpec,
     SimulationConfig,
     TrainConfig,
     config_to_dict,
@@ -511,9 +512,20 @@ def _plot_training(cfg: TrainConfig, folder: Path, history: list[dict], device, 
         d = first_digit()
         _animate_counts(d["model"], d["image"], d["label"], d["out"], folder / "spike_counts.gif", should_stop)
 
+    def kernels() -> None:
+        weights = first_digit()["model"].linears[0].weight.detach().cpu().numpy()
+        plots.conv_kernels(weights, folder / "kernels.png", f"{cfg.name}: the first convolution's kernels")
+
+    def maps() -> None:
+        d = first_digit()
+        spikes = d["out"].recorded[1][:, 0].reshape(-1, *cfg.model.shapes[0]).cpu().numpy()
+        plots.feature_maps(spikes, d["image"], d["label"], folder / "feature_maps.png")
+
+    first_conv = bool(cfg.model.hidden) and isinstance(cfg.model.hidden[0], ConvSpec)
     jobs = [("curves.png", curves), ("raster.png", raster),
             *([("membrane.png", membrane)] if cfg.model.readout != "mean_current" else []),
-            ("spike_counts.png", counts), ("spike_counts.gif", animation)]
+            ("spike_counts.png", counts), ("spike_counts.gif", animation),
+            *([("kernels.png", kernels), ("feature_maps.png", maps)] if first_conv else [])]
     return plots.draw_in_turn(jobs, should_stop)
 
 

@@ -497,6 +497,62 @@ def spike_count_animation(spikes: np.ndarray, image: np.ndarray, label: int, pat
     return path
 
 
+MAX_KERNELS = 64  # kernels of a convolution drawn
+MAX_MAPS = 12  # feature maps (channels) drawn
+MAX_WINDOWS = 8  # time windows of the feature maps
+
+
+def conv_kernels(weights: np.ndarray, path: Path, title: str = "") -> Path:
+    """The first convolution's kernels (out_channels, in_channels, k, k): one tile each (summed over input
+    channels), on one diverging colour scale centred on 0 so that sign and size compare across tiles."""
+    kernels = weights[:MAX_KERNELS].sum(axis=1)
+    count = len(kernels)
+    cols = min(count, 8)
+    rows = -(-count // cols)
+    limit = float(np.abs(kernels).max()) or 1.0
+    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols + 1.2, 1.3 * rows + 0.6), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if i < count:
+            image = ax.imshow(kernels[i], cmap="RdBu_r", vmin=-limit, vmax=limit)
+            ax.set_title(str(i), fontsize=8)
+    fig.colorbar(image, ax=axes, shrink=0.8, label="weight")
+    fig.suptitle(title or f"the first layer's {len(weights)} kernels" +
+                 (f" (first {MAX_KERNELS})" if len(weights) > MAX_KERNELS else ""))
+    return _save(fig, path)
+
+
+def feature_maps(spikes: np.ndarray, image: np.ndarray, label: int, path: Path, title: str = "") -> Path:
+    """One digit's spiking feature maps over time, spikes (time, channels, height, width) of a convolution
+    layer: a row per channel (the first MAX_MAPS), a column per window of steps (at most MAX_WINDOWS), each
+    cell each position's spikes per step in that window, beside the digit."""
+    steps, channels = spikes.shape[:2]
+    shown = min(channels, MAX_MAPS)
+    edges = np.linspace(0, steps, min(steps, MAX_WINDOWS) + 1).round().astype(int)  # windows differ by a step at most
+    sums = np.stack([spikes[a:b, :shown].mean(axis=0) for a, b in zip(edges[:-1], edges[1:], strict=True)], axis=1)
+    top = 1.0  # a spike every step of the window
+    windows = len(edges) - 1
+    fig, axes = plt.subplots(shown, windows + 1, figsize=(1.2 * (windows + 1) + 1.2, 1.2 * shown + 0.8),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for c in range(shown):
+        for w in range(windows):
+            picture = axes[c, w + 1].imshow(sums[c, w], cmap="magma", vmin=0, vmax=top)
+            if c == 0:
+                a, b = edges[w], edges[w + 1]
+                axes[0, w + 1].set_title(f"step {a}" if b - a == 1 else f"steps {a}-{b - 1}", fontsize=8)
+        axes[c, 1].set_ylabel(f"ch {c}", fontsize=8)
+        axes[c, 0].set_axis_off()
+    axes[0, 0].imshow(image, cmap="gray_r")
+    axes[0, 0].set_title(f"label {label}", fontsize=8)
+    fig.colorbar(picture, ax=axes, shrink=0.6, label="spikes per step in the window")
+    more = f" (first {shown} of {channels} channels)" if channels > shown else ""
+    fig.suptitle(title or f"spiking feature maps of the first convolution over time{more}")
+    return _save(fig, path)
+
+
 def confusion(matrix: np.ndarray, path: Path, title: str = "") -> Path:
     """Confusion matrix: rows the true class, columns the predicted one, counts in the cells."""
     fig, ax = plt.subplots(figsize=(7, 6))

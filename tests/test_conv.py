@@ -145,7 +145,7 @@ def test_conv_network_trains_on_fashion_mnist_files_end_to_end(tmp_path):
     folder = Path(result.output.strip().splitlines()[-1])
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["test_accuracy"] > 0.5  # ten classes told apart by a bar's row
-    for name in ("curves.png", "raster.png", "membrane.png", "config.yaml"):
+    for name in ("curves.png", "raster.png", "membrane.png", "kernels.png", "feature_maps.png", "config.yaml"):
         assert (folder / name).is_file(), name
     assert "layers" in load_yaml(folder / "config.yaml")["model"]
     result = runner.invoke(app, ["eval", str(folder)], catch_exceptions=False)
@@ -185,3 +185,16 @@ def test_ce_rate_steps_is_snntorchs_ce_rate_loss():
     ours = loss_of(NetworkOutput(spikes.sum(0), spikes, None, torch.zeros(1)), labels,
                    TrainSettings(loss="ce_rate_steps"), 7)
     assert float(ours) == pytest.approx(float(functional.ce_rate_loss()(spikes, labels)), rel=1e-6)
+
+
+def test_conv_plots_stay_small_whatever_the_channels_and_steps(tmp_path):
+    from PIL import Image
+
+    from snnrun import plots
+
+    spikes = np.random.default_rng(0).random((500, 64, 12, 12)) < 0.1
+    path = plots.feature_maps(spikes, np.zeros((28, 28)), 3, tmp_path / "maps.png")
+    kernels = plots.conv_kernels(np.random.default_rng(1).normal(size=(200, 3, 5, 5)), tmp_path / "kernels.png")
+    for file, most in ((path, (1400, 2000)), (kernels, (1400, 1400))):
+        width, height = Image.open(file).size
+        assert width <= most[0] and height <= most[1], (file.name, width, height)
