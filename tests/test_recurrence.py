@@ -39,6 +39,8 @@ def test_run_takes_the_sequence_path_for_training_and_the_step_path_for_a_learne
     assert neurons.path_for("lif", lif, None, neurons.heaviside, recording=True) == "scan"
     per_neuron = neurons.LIFConfig(tau_ms=[5.0, 10.0, 20.0]).parameters(None, torch.float32)
     assert neurons.path_for("lif", per_neuron, None, neurons.heaviside, recording=True) == "step"
+    with pytest.raises(ValueError, match="expected one of step, sequence, scan"):
+        neurons.run("leaky", current, fixed, spike_fn=surrogate, path="scna")
 
 
 def gradients(fn, current, beta, weights):

@@ -102,6 +102,8 @@ def run(model: str, currents: Tensor, params, state: tuple | None = None, spike_
     membrane_out and synaptic_out (time, k) with the first k neurons' traces (a simulation records a few of
     many); `Trace.membranes` is then membrane_out. `path` forces a form (tests compare them). The sequence path
     returns no final state (training starts every sample from rest)."""
+    if path is not None and path not in PATHS:
+        raise ValueError(f"path {path!r}: expected one of {', '.join(PATHS)}")
     m = MODELS[model]
     recording = spikes_out is not None or membrane_out is not None or synaptic_out is not None
     path = path or path_for(model, params, state, spike_fn, recording)
