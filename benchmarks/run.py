@@ -15,7 +15,11 @@ Rows (each peer's network is written in its own idiom in benchmarks/peers.py):
 - open-neuromorphic: one Linear + LIF layer, batch 16, 500 steps, forward + backward of output.sum(), for
   snnrun and each installed peer (16,384 neurons on a GPU; 4,096 on a CPU, where 16,384 takes minutes a pass);
 - simulate: `lif` with 10,000 and 100,000 neurons for 2,000 steps against Brian2 (its default code generation
-  target; its first, compiling run reported apart), with equal spike counts required;
+  target; its first, compiling run reported apart), with equal spike counts required, on snnrun's numba engine
+  (the compiled kernel) and its torch engine; beside them the roofline (the time to read and write the neurons'
+  state once a step and write each spike as a byte, at the bandwidth measured for a buffer of the state's size)
+  and the first simulate() of a fresh process on either engine (numba imported and the kernel loaded from the
+  cache: what a CLI run pays);
 - startup: wall time of the `snnrun` command in a fresh process, against its goal: `snnrun --help` (0.5 s), the
   default `snnrun simulate` (one neuron, 200 steps; 2 s), and a 6-member simulate sweep (each member after the
   first should cost less than a fresh `snnrun simulate`: no process start-up per member). Each runs in a new
@@ -356,26 +360,86 @@ def brian2_lif(neurons: int, steps: int) -> tuple[float, float, int]:
     return cold, warm, spikes
 
 
-def snnrun_lif(neurons: int, steps: int) -> tuple[float, int]:
-    cfg = parse_simulation({"neurons": neurons, "time_steps": steps, "record_neurons": 1,
-                            "neuron": {"model": "lif", "v_reset_mv": -70.0},
-                            "stimulus": {"kind": "step", "amplitude": 2.0, "onset": 0}}, "bench")
-    simulate(cfg)  # warm-up
+def lif_config(neurons: int, steps: int, engine: str):
+    return parse_simulation({"neurons": neurons, "time_steps": steps, "record_neurons": 1, "engine": engine,
+                             "neuron": {"model": "lif", "v_reset_mv": -70.0},
+                             "stimulus": {"kind": "step", "amplitude": 2.0, "onset": 0}}, "bench")
+
+
+def snnrun_lif(neurons: int, steps: int, engine: str) -> tuple[float, int]:
+    cfg = lif_config(neurons, steps, engine)
+    simulate(cfg)  # warm-up (the numba engine loads its kernel here)
     runs = [simulate(cfg) for _ in range(3)]
     return statistics.median(r.seconds for r in runs), runs[0].metrics["population"]["total_spikes"]
 
 
-def simulate_vs_brian2(neurons: int, steps: int = 2000) -> dict:
+FIRST_CALL = """
+import sys, time
+from benchmarks_run_lif import lif_config
+from snnrun.simulation import simulate
+start = time.perf_counter()
+simulate(lif_config(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]))
+print(time.perf_counter() - start)
+"""
+
+
+def first_call_seconds(neurons: int, steps: int, engine: str, threads: int) -> float:
+    """The first simulate() of a fresh process, as the CLI makes it: numba and a cached kernel loaded, or torch's
+    first calls; the median of three processes."""
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder, "benchmarks_run_lif.py").write_text(
+            "from snnrun.schema import parse_simulation\n\n\n" + _source_of(lif_config))
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": folder}
+        times = []
+        for _ in range(3):
+            out = subprocess.run([sys.executable, "-c", FIRST_CALL, str(neurons), str(steps), engine], env=env,
+                                 capture_output=True, text=True, check=True)
+            times.append(float(out.stdout.split()[-1]))
+    return statistics.median(times)
+
+
+def _source_of(fn) -> str:
+    import inspect
+
+    return inspect.getsource(fn)
+
+
+def state_bandwidth(nbytes: int) -> float:
+    """Bytes/s of copying a buffer the size of the neurons' state (read once, written once), on the bench's threads:
+    the cache's bandwidth where the state fits in it, the memory's where it does not."""
+    n = max(nbytes // 4, 1024)
+    a, b = torch.ones(n), torch.empty(n)
+    reps = max(3, int(1e9 // (8 * n)))
+    seconds = median_seconds(lambda: [b.copy_(a) for _ in range(reps)], repeats=5) / reps
+    return 2 * 4 * n / seconds
+
+
+LIF_STATE_BYTES = 8  # membrane and refractory timer, float32 each
+
+
+def simulate_roofline(neurons: int, steps: int) -> dict:
+    """The floor of a simulation that passes over the neurons' state once a step: the state read and written
+    (2 x 8 B) and the spike written as a byte, per neuron and step, at the bandwidth measured for the state's size."""
+    per_step = neurons * (2 * LIF_STATE_BYTES + 1)
+    bandwidth = state_bandwidth(neurons * LIF_STATE_BYTES)
+    return {"bytes_per_step": per_step, "bandwidth_gb_s": bandwidth / 1e9, "seconds": steps * per_step / bandwidth}
+
+
+def simulate_vs_brian2(neurons: int, threads: int, steps: int = 2000) -> dict:
     try:
         import brian2  # noqa: F401
     except ImportError:
         return {"skipped": "brian2 is not installed (pip install -e '.[peers]')"}
-    ours, our_spikes = snnrun_lif(neurons, steps)
+    ours, our_spikes = snnrun_lif(neurons, steps, "numba")
+    torch_s, torch_spikes = snnrun_lif(neurons, steps, "torch")
     cold, warm, their_spikes = brian2_lif(neurons, steps)
-    if our_spikes != their_spikes:
-        raise SystemExit(f"spike counts differ at {neurons} neurons: snnrun {our_spikes}, Brian2 {their_spikes}")
-    return {"neurons": neurons, "steps": steps, "spikes": our_spikes, "snnrun_s": ours, "peer_warm_s": warm,
-            "peer_cold_s": cold, "ratio": warm / ours}
+    if not our_spikes == torch_spikes == their_spikes:
+        raise SystemExit(f"spike counts differ at {neurons} neurons: snnrun numba {our_spikes}, torch {torch_spikes}, "
+                         f"Brian2 {their_spikes}")
+    return {"neurons": neurons, "steps": steps, "spikes": our_spikes, "snnrun_s": ours, "snnrun_torch_s": torch_s,
+            "peer_warm_s": warm, "peer_cold_s": cold, "ratio": warm / ours,
+            "first_call_s": {e: first_call_seconds(neurons, steps, e, threads) for e in ("numba", "torch")},
+            "roofline": simulate_roofline(neurons, steps)}
 
 
 # --------------------------------------------------------------------------- start-up of the command
@@ -482,7 +546,7 @@ def main() -> None:
     if not cuda and "simulate" in args.only:
         for n in (10_000, 100_000):
             with console.status(f"simulate: {n} lif neurons vs Brian2"):
-                results[f"simulate_brian2_{n}"] = simulate_vs_brian2(n)
+                results[f"simulate_brian2_{n}"] = simulate_vs_brian2(n, args.threads)
     if "startup" in args.only:
         with console.status("start-up: snnrun --help, snnrun simulate, a simulate sweep (fresh processes)"):
             results["startup"] = startup(args.threads)
@@ -533,9 +597,19 @@ def table(results: dict) -> Table:
         if "skipped" in row:
             t.add_row(f"simulate {n:,} lif", "Brian2", row["skipped"], "", "")
             continue
-        t.add_row(f"simulate {row['neurons']:,} lif x {row['steps']} steps (s)", "Brian2",
-                  f"{row['peer_warm_s']:.2f} (first run {row['peer_cold_s']:.1f})", f"{row['snnrun_s']:.2f}",
+        work = f"simulate {row['neurons']:,} lif x {row['steps']} steps"
+        t.add_row(f"{work} (s; snnrun: numba engine)", "Brian2",
+                  f"{row['peer_warm_s']:.3f} (first run {row['peer_cold_s']:.1f})", f"{row['snnrun_s']:.3f}",
                   f"{row['ratio']:.2f}x")
+        t.add_row(f"{work} (s; snnrun: torch engine)", "Brian2", f"{row['peer_warm_s']:.3f}",
+                  f"{row['snnrun_torch_s']:.3f}", f"{row['peer_warm_s'] / row['snnrun_torch_s']:.2f}x")
+        roof = row["roofline"]
+        t.add_row(f"{work}: roofline, state read+written once a step + spike byte ({roof['bytes_per_step'] / 1e6:.2f} "
+                  f"MB/step at {roof['bandwidth_gb_s']:.0f} GB/s) (s)", "floor", f"{roof['seconds']:.3f}",
+                  f"{row['snnrun_s']:.3f}", f"{row['snnrun_s'] / roof['seconds']:.2f}x the floor")
+        first = row["first_call_s"]
+        t.add_row(f"{work}: first call in a fresh process (s; kernel from the cache)", "torch engine",
+                  f"{first['torch']:.2f}", f"{first['numba']:.2f}", f"{first['torch'] / first['numba']:.2f}x")
     for row in results.get("crossover", []):
         t.add_row(f"first layer fwd+wgrad at {row['density']:.0%} input spikes (ms)", "dense GEMM",
                   f"{row['dense_ms']:.1f}", f"{row['gather_ms']:.1f}", f"{row['dense_ms'] / row['gather_ms']:.2f}x")

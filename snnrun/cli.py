@@ -163,7 +163,7 @@ def _simulation_table(run) -> Table:
     per = metrics["per_neuron"]
     n = len(per["spike_count"])
     table = Table(title=f"{run.config.neuron.model} × {n}, {run.config.stimulus.kind} input, "
-                        f"{run.config.time_steps} steps ({run.result.seconds:.3f} s)")
+                        f"{run.config.time_steps} steps ({run.result.seconds:.3f} s, {run.result.engine})")
     for column in ("neuron", "spikes", f"rate ({units['firing_rate']})", "first spike",
                    f"mean ISI ({units['mean_isi']})", "ISI CV"):
         table.add_column(column, justify="right")

@@ -177,7 +177,8 @@ def run_simulation(cfg: SimulationConfig, out: Path, progress: Callable[[int], N
         np.savez_compressed(folder / "traces.npz", t=result.time, current=result.current,
                             membrane=result.membrane, spike_steps=result.spike_steps,
                             spike_neurons=result.spike_neurons, **synaptic)
-        write_json(folder / "metrics.json", dict(result.metrics, simulation_seconds=result.seconds))
+        write_json(folder / "metrics.json", dict(result.metrics, simulation_seconds=result.seconds,
+                                                         engine=result.engine))
         _plot_simulation(cfg, result, folder)
         write_text(folder / "run.log", "".join(f"{note}\n" for note in notes or []) +
                    _simulation_log(cfg, result, device))
@@ -199,7 +200,7 @@ def _plot_simulation(cfg: SimulationConfig, result: SimulationResult, folder: Pa
 def _simulation_log(cfg: SimulationConfig, result: SimulationResult, device) -> str:
     population = result.metrics["population"]
     return (f"simulated {cfg.neurons} {cfg.neuron.model} neuron(s) for {cfg.time_steps} steps on {device} "
-            f"in {result.seconds:.3f} s\n"
+            f"({result.engine} engine) in {result.seconds:.3f} s\n"
             f"total spikes {population['total_spikes']}, mean rate {population['mean_firing_rate']:.4g} "
             f"{result.metrics['units']['firing_rate']}\n")
 

@@ -26,7 +26,7 @@ from snnrun.config import (
     to_dict,
 )
 from snnrun.data import DATASETS
-from snnrun.neurons import MODELS, LapicqueConfig, LeakyConfig, LIFConfig, SynapticConfig
+from snnrun.neurons import ENGINES, MODELS, LapicqueConfig, LeakyConfig, LIFConfig, SynapticConfig
 from snnrun.stimulus import parse_stimulus
 from snnrun.surrogate import KINDS as SURROGATES
 
@@ -95,6 +95,8 @@ class SimulationConfig:
     device: str = field("cpu", "string", "cpu, cuda, cuda:N, mps or auto")
     dtype: str = choice("float32", DTYPES, "floating-point precision")
     record_neurons: int = integer(1000, "neurons whose traces are saved and plotted (metrics cover all)", minimum=1)
+    engine: str = choice("auto", ENGINES, "numba: the compiled kernels (CPU, one value per parameter); torch: the "
+                         "step functions; auto: numba from 1e8 neuron-steps (lif: 1e9), where loading it pays")
     neuron: SimulatedLeaky | SimulatedLapicque | SimulatedSynaptic | SimulatedLIF = section(SimulatedLeaky)
     stimulus: object = None  # parsed by parse_simulation (its class depends on stimulus.kind)
 

@@ -44,6 +44,7 @@ class SimulationResult:
     metrics: dict
     seconds: float = 0.0
     synaptic: np.ndarray | None = None  # synaptic current (time x recorded) of the synaptic model
+    engine: str = "torch"  # what ran the neurons: "numba" (the compiled kernels) or "torch"
 
     @property
     def recorded(self) -> int:
@@ -137,6 +138,13 @@ def simulate(cfg: SimulationConfig, device: torch.device | str = "cpu",
     initial = cfg.neuron.initial_membrane
     if initial is None:  # lif: start at rest
         initial = model.rest(params)
+    try:
+        engine = neurons.engine_for(cfg.engine, cfg.neuron.model, params, n * steps, device)
+    except ValueError as e:
+        raise ConfigError(f"{cfg.engine} cannot run this simulation: {e}; use engine: torch or auto",
+                          key="engine") from None
+    path = "kernel" if engine == "numba" else None
+    scratch: dict = {}
     membrane0 = torch.as_tensor(initial, dtype=dtype, device=device).expand(n).clone()
     state = model.initial_state(membrane0)
     generator = torch.Generator(device=device)
@@ -144,7 +152,8 @@ def simulate(cfg: SimulationConfig, device: torch.device | str = "cpu",
     generator.manual_seed(cfg.seed if seed is None else seed)
 
     # rows padded to whole 8-byte words (the padding stays False): spikes are found word by word, 8x fewer scans
-    spike_buffer = torch.zeros((chunk, -(-n // 8) * 8), dtype=torch.bool, device=device)
+    spike_buffer = None if path == "kernel" else torch.zeros((chunk, -(-n // 8) * 8), dtype=torch.bool,
+                                                             device=device)
     membrane_rec = torch.empty((steps, recorded), dtype=dtype, device=device)
     current_rec = torch.empty((steps, recorded), dtype=dtype, device=device)
     synaptic_rec = torch.empty((steps, recorded), dtype=dtype, device=device) \
@@ -160,10 +169,16 @@ def simulate(cfg: SimulationConfig, device: torch.device | str = "cpu",
             stop = min(start + chunk, steps)
             current = cfg.stimulus.current(start, stop, n, steps, device, dtype, generator)
             current_rec[start:stop] = current[:, :recorded]
-            state = neurons.run(cfg.neuron.model, current, params, state, spikes_out=spike_buffer[:stop - start, :n],
+            trace = neurons.run(cfg.neuron.model, current, params, state, path=path,
+                                spikes_out=None if spike_buffer is None else spike_buffer[:stop - start, :n],
                                 membrane_out=membrane_rec[start:stop],
-                                synaptic_out=None if synaptic_rec is None else synaptic_rec[start:stop]).state
-            found = spike_events(spike_buffer[:stop - start]).to(index_dtype)
+                                synaptic_out=None if synaptic_rec is None else synaptic_rec[start:stop],
+                                scratch=scratch)
+            state = trace.state
+            if trace.events is not None:
+                found = trace.events.to(index_dtype)
+            else:
+                found = spike_events(spike_buffer[:stop - start]).to(index_dtype)
             if len(found):
                 found[:, 0] += start
                 events.append(found)
@@ -197,4 +212,5 @@ def simulate(cfg: SimulationConfig, device: torch.device | str = "cpu",
         metrics=metrics,
         seconds=seconds,
         synaptic=synaptic_rec.cpu().numpy() if synaptic_rec is not None else None,
+        engine=engine,
     )

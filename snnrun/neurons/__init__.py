@@ -38,13 +38,14 @@ from snnrun.neurons.sequence import run_sequence
 from snnrun.neurons.synaptic import SynapticConfig, SynapticParameters, SynapticState, synaptic_step
 
 __all__ = [
-    "MODELS", "MODEL_NAMES", "RESETS", "Clock", "LIFConfig", "LIFParameters", "LIFState", "LapicqueConfig",
-    "LapicqueParameters", "LeakyConfig", "LeakyParameters", "LeakyState", "Model", "SynapticConfig",
-    "SynapticParameters", "SynapticState", "Trace", "heaviside", "lapicque_capacitance", "lapicque_step",
-    "leaky_step", "lif_scan", "lif_step", "run", "synaptic_step",
+    "ENGINES", "MODELS", "MODEL_NAMES", "RESETS", "Clock", "LIFConfig", "LIFParameters", "LIFState",
+    "LapicqueConfig", "LapicqueParameters", "LeakyConfig", "LeakyParameters", "LeakyState", "Model",
+    "SynapticConfig", "SynapticParameters", "SynapticState", "Trace", "engine_for", "heaviside",
+    "lapicque_capacitance", "lapicque_step", "leaky_step", "lif_scan", "lif_step", "run", "synaptic_step",
 ]
 
-PATHS = ("step", "sequence", "scan")
+PATHS = ("step", "sequence", "scan", "kernel")
+ENGINES = ("auto", "torch", "numba")
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,8 @@ def path_for(model: str, params, state, spike_fn: SpikeFn, recording: bool) -> s
     sequence: leaky and synaptic from rest, with a surrogate, every number but beta one value (a learned threshold
               needs autograd through the steps), whole tensors out (training);
     scan:     lif with one value per parameter and no gradient (simulation);
-    step:     everything else, the reference."""
+    step:     everything else, the reference.
+    (kernel:  the compiled loop of kernels.py, chosen by `engine_for` for a whole simulation, not per chunk.)"""
     if model in ("leaky", "synaptic") and state is None and not recording and hasattr(spike_fn, "kind") \
             and _one_value(params.threshold) and (model == "leaky" or _one_value(params.alpha)):
         return "sequence"
@@ -92,16 +94,55 @@ def path_for(model: str, params, state, spike_fn: SpikeFn, recording: bool) -> s
     return "step"
 
 
+# Neuron-steps from which `engine: auto` takes the compiled kernel, by the torch form it replaces: loading numba
+# and a cached kernel costs about 0.6-0.9 s in a fresh process, repaid from about these sizes on (measured in a
+# fresh process, README "Engines"); lif's torch scan is three to four times faster than the other models' steps.
+KERNEL_MIN_WORK = {"scan": 10**9, "step": 10**8}
+
+
+def kernel_unfit(model: str, params, device) -> str | None:
+    """Why the compiled kernel cannot run this work (None: it can)."""
+    if device.type != "cpu":
+        return f"the compiled kernels run on the CPU, not {device.type}"
+    per_neuron = [k for k, v in vars(params).items() if isinstance(v, Tensor) and v.numel() > 1]
+    if per_neuron:
+        return f"the compiled kernels take one value per parameter (per-neuron: {', '.join(per_neuron)})"
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return "numba is not installed (pip install numba)"
+    return None
+
+
+def engine_for(engine: str, model: str, params, work: int, device) -> str:
+    """"torch" or "numba" for a simulation of `work` neuron-steps: the rule, in one place. auto takes numba
+    where the kernel can run and the work repays loading it; numba asked for where it cannot run is a
+    ValueError saying why."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    if engine == "torch":
+        return "torch"
+    why = kernel_unfit(model, params, device)
+    if engine == "numba":
+        if why:
+            raise ValueError(why)
+        return "numba"
+    torch_form = "scan" if model == "lif" and lif.uses_scan(params) else "step"
+    return "numba" if why is None and work >= KERNEL_MIN_WORK[torch_form] else "torch"
+
+
 def run(model: str, currents: Tensor, params, state: tuple | None = None, spike_fn: SpikeFn = heaviside, *,
         path: str | None = None, spikes_out: Tensor | None = None, membrane_out: Tensor | None = None,
-        synaptic_out: Tensor | None = None) -> Trace:
+        synaptic_out: Tensor | None = None, scratch: dict | None = None) -> Trace:
     """Neurons of `model` driven by currents (time, ...): their spikes, membranes and final state.
 
     state: where to start (None: at rest). spike_fn: the spike's function (`heaviside`, or a surrogate for
     training). The outputs, if given, are filled in place: spikes_out (bool or float, like currents),
     membrane_out and synaptic_out (time, k) with the first k neurons' traces (a simulation records a few of
     many); `Trace.membranes` is then membrane_out. `path` forces a form (tests compare them). The sequence path
-    returns no final state (training starts every sample from rest)."""
+    returns no final state (training starts every sample from rest). The kernel path (currents (steps, neurons
+    or 1), CPU, heaviside) returns the spikes as `Trace.events`, (step, neuron) rows in time order, and no
+    dense spikes; `scratch`, a dict kept from chunk to chunk, holds its event buffers."""
     if path is not None and path not in PATHS:
         raise ValueError(f"path {path!r}: expected one of {', '.join(PATHS)}")
     m = MODELS[model]
@@ -115,6 +156,8 @@ def run(model: str, currents: Tensor, params, state: tuple | None = None, spike_
         return Trace(spikes, membranes, None)
     if state is None:
         state = m.initial_state(torch.zeros_like(currents[0]) + m.rest(params))
+    if path == "kernel":
+        return _kernel(model, currents, params, state, membrane_out, synaptic_out, scratch)
     if path == "scan":
         if spikes_out is None:
             spikes_out = torch.empty(currents.shape, dtype=torch.bool, device=currents.device)
@@ -141,6 +184,19 @@ def _steps(m: Model, currents, params, state, spike_fn, spikes_out, membrane_out
     if keep_all:
         return Trace(torch.stack(spikes), torch.stack(membranes), state)
     return Trace(spikes_out, membrane_out, state)
+
+
+def _kernel(model, currents, params, state, membrane_out, synaptic_out, scratch) -> Trace:
+    from snnrun.neurons import kernels
+
+    steps, n = currents.shape[0], state.membrane.shape[0]
+    scratch = {} if scratch is None else scratch
+    events = scratch.get("events")
+    if events is None or not events.fits(steps, n):
+        events = scratch["events"] = kernels.Events(steps, n)
+    kernels.set_threads(torch.get_num_threads())
+    found, state = kernels.run_chunk(model, currents, params, state, membrane_out, synaptic_out, events)
+    return Trace(None, membrane_out, state, torch.from_numpy(found))
 
 
 def _one_value(x) -> bool:

@@ -130,8 +130,11 @@ def pairs(a, b) -> list[tuple]:
 
 
 class Trace(NamedTuple):
-    """What `run` returns: spikes and membranes over the steps (time first), and the state after the last."""
+    """What `run` returns: spikes and membranes over the steps (time first), and the state after the last; the
+    kernel path gives the spikes as events instead: a (spikes, 2) int32 tensor of (step, neuron) rows in time
+    order."""
 
-    spikes: Tensor
+    spikes: Tensor | None
     membranes: Tensor
     state: tuple
+    events: Tensor | None = None
