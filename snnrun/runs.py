@@ -198,7 +198,7 @@ def _json_default(value: Any) -> Any:
 # env.json's name for a library -> its distribution (package metadata: nothing is imported to read a version;
 # importing torchvision alone took 2 s, most of the default simulation's wall time)
 RECORDED_DISTRIBUTIONS = {"torchvision": "torchvision", "matplotlib": "matplotlib", "typer": "typer",
-                          "yaml": "PyYAML", "rich": "rich"}
+                          "yaml": "PyYAML", "rich": "rich", "numba": "numba"}
 
 
 def environment(device: str | None = None) -> dict:

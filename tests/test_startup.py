@@ -57,14 +57,16 @@ def top_level(modules: set[str]) -> set[str]:
 @pytest.mark.parametrize("args", [["--help"], ["--version"], ["simulate", "--help"]])
 def test_help_and_version_import_neither_torch_nor_numpy_nor_matplotlib(args):
     modules = imported(*args)
-    assert not top_level(modules) & {"torch", "numpy", "matplotlib", "torchvision", "scipy", "PIL"}
+    heavy = {"torch", "numpy", "matplotlib", "torchvision", "scipy", "PIL", "numba", "llvmlite"}
+    assert not top_level(modules) & heavy
     assert not {"rich.progress", "snnrun.commands", "snnrun.data"} & modules
 
 
 def test_default_simulate_imports_no_torchvision_tensorboard_nir_or_scipy(in_tmp):
     modules = imported("simulate", "--out", str(in_tmp / "out"), cwd=in_tmp)
     assert {"torch", "matplotlib"} <= top_level(modules)  # (the run did happen)
-    assert not top_level(modules) & {"torchvision", "tensorboard", "nir", "nirtorch", "scipy", "sympy"}
+    unused = {"torchvision", "tensorboard", "nir", "nirtorch", "scipy", "sympy", "numba", "llvmlite"}
+    assert not top_level(modules) & unused  # numba: small work stays on the torch engine
     assert "torch._dynamo" not in modules  # (torchvision's import pulled it in: 2 s)
     folder = next((in_tmp / "out").iterdir())
     versions = json.loads((folder / "env.json").read_text())["versions"]
