@@ -552,6 +552,11 @@ def predict(
     from snnrun.predict import read_images
 
     trained = locate(run)
+    if trained.config.data.events:
+        from snnrun.config import RunFolderError
+
+        raise RunFolderError(f"{trained.folder} was trained on {trained.config.data.dataset} events; predict takes "
+                             "images (score event data with snnrun eval)")
     torch_device = resolve_device(device or trained.config.device, source="--device" if device else None)
     pictures = read_images(images)[:first]
     results = classify(load_network(trained, torch_device), trained.config, pictures, torch_device)

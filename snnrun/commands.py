@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from snnrun import compare, distributed, neurons, nir_graph, plots
+from snnrun import compare, distributed, event_data, neurons, nir_graph, plots
 from snnrun import sweep as sweeps
 from snnrun.config import (
     ConfigError,
@@ -464,7 +464,9 @@ def _tensorboard_log(cfg: TrainConfig, folder: Path, device, splits) -> TensorBo
     data = val if len(val) else test
     generator = torch.Generator(device=device).manual_seed(cfg.train.seed + 2)
     inputs = encode(data.images[:64], cfg, generator)
-    return TensorBoardLog(folder, (inputs, data.images[0].cpu().numpy(), int(data.labels[0])))
+    sample = data.images[0].cpu().numpy()
+    return TensorBoardLog(folder, (inputs, event_data.preview(sample) if cfg.data.events else sample,
+                                   int(data.labels[0])))
 
 
 def _plot_training(cfg: TrainConfig, folder: Path, history: list[dict], device, test: Split,
@@ -531,12 +533,14 @@ def _plot_training(cfg: TrainConfig, folder: Path, history: list[dict], device, 
 
 
 def _first_digit(model, cfg: TrainConfig, data) -> tuple[np.ndarray, int, object]:
-    """The network's recorded output for the first image of a split: (image, label, NetworkOutput)."""
+    """The network's recorded output for the first image of a split: (image, label, NetworkOutput); for event
+    data the image is the recording's picture (`event_data.preview`)."""
     model.eval()
     generator = torch.Generator(device=data.images.device).manual_seed(cfg.train.seed + 1)
     with torch.no_grad():
         out = model(encode(data.images[:1], cfg, generator), record=True)
-    return data.images[0].cpu().numpy(), int(data.labels[0]), out
+    sample = data.images[0].cpu().numpy()
+    return (event_data.preview(sample) if cfg.data.events else sample), int(data.labels[0]), out
 
 
 def _animate_counts(model, image: np.ndarray, label: int, out, path: Path,

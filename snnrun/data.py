@@ -35,7 +35,7 @@ TEST_CLASS_COUNTS = (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)
 
 @dataclass
 class Split:
-    images: torch.Tensor  # uint8 (N, 28, 28)
+    images: torch.Tensor  # uint8 (N, 28, 28) images, or (N, time, ...) frames of event counts
     labels: torch.Tensor  # int64 (N,)
 
     def __len__(self) -> int:

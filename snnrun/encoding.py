@@ -1,7 +1,8 @@
 """Turning uint8 images into network input over `time_steps` steps.
 
 `direct` returns the image once, as a constant current (the first layer then runs
-once, not every step); `rate` and `latency` return spikes shaped (time, batch, pixels).
+once, not every step); `rate` and `latency` return spikes shaped (time, batch, pixels);
+`events` turns an event data set's frames (already spikes over time) into the same shape.
 Random encodings draw from the generator they are given, so runs are reproducible.
 """
 
@@ -9,12 +10,17 @@ from __future__ import annotations
 
 import torch
 
-KINDS = ("direct", "rate", "latency")
+KINDS = ("direct", "rate", "latency", "events")
 
 
 def encode(images: torch.Tensor, kind: str, time_steps: int, gain: float,
            generator: torch.Generator | None = None) -> torch.Tensor:
-    """uint8 images (batch, ...) -> float input: (batch, pixels) for direct, else (time, batch, pixels)."""
+    """uint8 images (batch, ...) -> float input: (batch, pixels) for direct, else (time, batch, pixels).
+    events: uint8 frames (batch, time, ...) of event counts -> (time, batch, features) counts*gain."""
+    if kind == "events":
+        if images.shape[1] != time_steps:
+            raise ValueError(f"frames of {images.shape[1]} steps, expected {time_steps}")
+        return images.transpose(0, 1).reshape(time_steps, images.shape[0], -1).float().mul_(gain)
     x = images.reshape(images.shape[0], -1).float() / 255.0
     if kind == "direct":
         return x * gain

@@ -84,7 +84,7 @@ class Network(nn.Module):
         super().__init__()
         self.cfg, self.time_steps = cfg, time_steps
         spike_fn = Surrogate(cfg.surrogate.kind, cfg.surrogate.slope)
-        self.in_shapes = [cfg.input_shape, *cfg.shapes[:-1]] if cfg.hidden else []
+        self.in_shapes = [cfg.in_shape, *cfg.shapes[:-1]] if cfg.hidden else []
         # (named `linears` for the checkpoints' keys; a convolutional layer's synapses are an nn.Conv2d)
         self.linears = nn.ModuleList(_synapses(layer, shape) for layer, shape in zip(cfg.hidden, self.in_shapes,
                                                                                       strict=True))

@@ -409,11 +409,25 @@ def network_raster_figure(layers: list[np.ndarray], names: list[str], image: np.
         else:
             ax.set_xticklabels([])
     ax_img = fig.add_subplot(grid[:, 1])
-    ax_img.imshow(image, cmap="gray_r")
+    _show_sample(ax_img, image)
     ax_img.set_title(f"label {label}, predicted {predicted}")
-    ax_img.axis("off")
-    fig.suptitle("spikes of each layer for one test digit")
+    fig.suptitle("spikes of each layer for one test sample")
     return fig
+
+
+def _show_sample(ax, image: np.ndarray) -> None:
+    """A digit (or an event recording's summed events) as a picture; a channels x time recording (SHD: many more
+    rows than columns) fills the panel, with its axes named."""
+    picture = np.asarray(image)
+    if picture.ndim == 1 and picture.size == 784:
+        picture = picture.reshape(28, 28)
+    if picture.shape[0] > 3 * picture.shape[1]:
+        ax.imshow(picture, cmap="gray_r", aspect="auto", origin="lower", interpolation="nearest")
+        ax.set_xlabel("time step")
+        ax.set_ylabel("channel")
+        return
+    ax.imshow(picture, cmap="gray_r")
+    ax.axis("off")
 
 
 def output_membrane(membrane: np.ndarray, threshold: float, label: int, path: Path,
@@ -464,9 +478,8 @@ def spike_count_animation(spikes: np.ndarray, image: np.ndarray, label: int, pat
     fps = int(np.clip(round(len(shown) / seconds), 2, 25))
     fig, (ax_img, ax) = plt.subplots(1, 2, figsize=(8, 3.8), dpi=80, gridspec_kw={"width_ratios": [1, 2.2]})
     try:
-        ax_img.imshow(np.asarray(image).reshape(28, 28), cmap="gray_r")
-        ax_img.set_title(f"input digit (label {label})")
-        ax_img.axis("off")
+        _show_sample(ax_img, image)
+        ax_img.set_title(f"input (label {label})")
         colors = ["tab:green" if k == label else "tab:gray" for k in range(classes)]
         bars = ax.bar(range(classes), np.zeros(classes), color=colors)
         ax.set_ylim(min(0.0, float(counts.min()) * 1.1), max(float(counts.max()), 1.0) * 1.1)

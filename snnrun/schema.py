@@ -26,6 +26,7 @@ from snnrun.config import (
     to_dict,
 )
 from snnrun.data import DATASETS
+from snnrun.event_data import EVENT_SETS
 from snnrun.neurons import ENGINES, MODELS, LapicqueConfig, LeakyConfig, LIFConfig, SynapticConfig
 from snnrun.stimulus import parse_stimulus
 from snnrun.surrogate import KINDS as SURROGATES
@@ -287,7 +288,11 @@ IMAGE_SHAPE = (1, 28, 28)  # (channels, height, width) of the MNIST family
 
 @dataclass(frozen=True)
 class ModelConfig:
-    input_size: int = integer(784, "input features (28 x 28 pixels)", minimum=1)
+    input_size: int | None = integer(None, "input features per step (null: those of input_shape)", minimum=1,
+                                     nullable=True)
+    input_shape: list | None = field(None, "list", "input per step: [channels, height, width] or [features] (null: "
+                                     "the data set's: [1, 28, 28] for the MNIST family, [2, 34, 34] for N-MNIST, "
+                                     "[700] for SHD)", item_kind="integer", nullable=True)
     hidden: list = field([1000], "list", "hidden layers: sizes, or dicts {size, dropout, and neuron keys} (the "
                          "short form of `layers` for a network of linear layers)", item_kind="integer")
     layers: list | None = field(None, "any", "instead of hidden: the layers in order, each {conv: channels, kernel, "
@@ -317,7 +322,7 @@ class ModelConfig:
     def shapes(self) -> list[tuple[int, ...]]:
         """The shape of each hidden layer's spikes per sample: (channels, height, width) after a convolution,
         (size,) after a linear layer (the checks of `parse_model` guarantee that every layer fits)."""
-        shape: tuple[int, ...] = IMAGE_SHAPE if self.convolutional else (self.input_size,)
+        shape: tuple[int, ...] = self.in_shape
         shapes = []
         for layer in self.hidden:
             shape = layer.shape_after(shape) if isinstance(layer, ConvSpec) else (layer.size,)
@@ -345,21 +350,24 @@ class ModelConfig:
         layer = self.hidden[0]
         if isinstance(layer, LayerSpec):
             return self.input_size * layer.size
-        unpooled = replace(layer, pool=None).shape_after(self.input_shape)
-        return math.prod(unpooled) * self.input_shape[0] * layer.kernel ** 2
+        unpooled = replace(layer, pool=None).shape_after(self.in_shape)
+        return math.prod(unpooled) * self.in_shape[0] * layer.kernel ** 2
 
     @property
-    def input_shape(self) -> tuple[int, ...]:
-        return IMAGE_SHAPE if self.convolutional else (self.input_size,)
+    def in_shape(self) -> tuple[int, ...]:
+        """What the first layer takes per sample and step: the input's shape for a convolution, else its features
+        flattened."""
+        return tuple(self.input_shape) if self.convolutional else (self.input_size,)
 
     def dropouts(self) -> list[float]:
         """The dropout of each hidden layer (its own, or model.dropout)."""
         return [self.dropout if layer.dropout is None else layer.dropout for layer in self.hidden]
 
 
-def parse_model(data, key: str, source: str | None) -> ModelConfig:
+def parse_model(data, key: str, source: str | None, data_shape: tuple[int, ...] = IMAGE_SHAPE) -> ModelConfig:
     """The model section: hidden layers as sizes or dicts (linear layers), or `layers` (convolutions and linear
-    layers), each with neuron overrides; every layer checked to fit the one before it."""
+    layers), each with neuron overrides; every layer checked to fit the one before it. `data_shape`: the data
+    set's input per step, which input_shape and input_size default to."""
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError("expected a mapping", source=source, key=key)
@@ -376,7 +384,16 @@ def parse_model(data, key: str, source: str | None) -> ModelConfig:
     rest = {k: v for k, v in data.items() if k not in ("neuron", "surrogate", "hidden", "layers", "output")}
     cfg = parse(ModelConfig, rest, path=key, source=source,
                 sections={"neuron": lambda *_: base, "surrogate": lambda *_: surrogate})
-    cfg = replace(cfg, hidden=layers, output=output)
+    shape = tuple(cfg.input_shape) if cfg.input_shape is not None else tuple(data_shape)
+    size = math.prod(shape) if cfg.input_size is None else cfg.input_size
+    if size != math.prod(shape):
+        given = f"input_shape {list(shape)}" if cfg.input_shape is not None else f"the data's input {list(shape)}"
+        raise ConfigError(f"{size} is not allowed; {given} has {math.prod(shape)} features", source=source,
+                          key=f"{key}.input_size", related=(f"{key}.input_shape",) if cfg.input_shape else ())
+    cfg = replace(cfg, hidden=layers, output=output, input_shape=list(shape), input_size=size)
+    if cfg.convolutional and len(shape) != 3:
+        raise ConfigError(f"a convolution needs images (channels x height x width); the input is {list(shape)}",
+                          source=source, key=f"{key}.layers[0]", related=(f"{key}.input_shape",))
     _check_shapes(cfg, key, source, "layers" if data.get("layers") is not None else "hidden")
     return cfg
 
@@ -442,7 +459,7 @@ def _parse_layers(items, base, key: str, source) -> list:
 
 def _check_shapes(cfg: ModelConfig, key: str, source, given: str) -> None:
     """Every convolution must fit the shape it gets: a ConfigError naming the layer and both shapes."""
-    shape: tuple[int, ...] = cfg.input_shape
+    shape: tuple[int, ...] = cfg.in_shape
     for i, layer in enumerate(cfg.hidden):
         if isinstance(layer, ConvSpec):
             after = layer.shape_after(shape)
@@ -503,20 +520,56 @@ def model_to_dict(cfg: ModelConfig) -> dict:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = choice("mnist", DATASETS, "mnist, fashion_mnist or kmnist: 28 x 28 grey images of 10 classes")
+    dataset: str = choice("mnist", [*DATASETS, *EVENT_SETS], "mnist, fashion_mnist or kmnist: 28 x 28 grey images "
+                          "of 10 classes; nmnist (N-MNIST, 2 x 34 x 34 camera events, 10 classes) or shd (Spiking "
+                          "Heidelberg Digits, 700 channels of audio events, 20 classes): events binned into "
+                          "encoding.time_steps frames")
     root: str = field("data", "string", "folder holding MNIST/raw/*-ubyte (FashionMNIST/raw, KMNIST/raw: "
-                      "torchvision's layout)")
-    download: bool = field(False, "bool", "let torchvision download the data set when it is missing")
+                      "torchvision's layout; NMNIST/Train, NMNIST/Test, SHD/shd_*.h5: tonic's)")
+    download: bool = field(False, "bool", "let torchvision (tonic for event data) download the data set when it is "
+                           "missing")
     val_size: int = integer(5000, "training images held out to choose the best epoch", minimum=0, maximum=30000)
+    duration_ms: float | None = number(None, "event data: the span of each recording (from its start) binned into "
+                                       "encoding.time_steps frames; later events are dropped (null: N-MNIST 300, "
+                                       "SHD 1000)", minimum=0, exclusive_minimum=True, nullable=True)
+    denoise_us: float | None = number(None, "N-MNIST: drop events with no neighbour event within this many "
+                                      "microseconds (tonic's Denoise; null: keep all)", minimum=0,
+                                      exclusive_minimum=True, nullable=True)
+
+    @property
+    def events(self) -> bool:
+        return self.dataset in EVENT_SETS
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """One sample's input per step."""
+        return EVENT_SETS[self.dataset].shape if self.events else IMAGE_SHAPE
+
+    @property
+    def classes(self) -> int:
+        return EVENT_SETS[self.dataset].classes if self.events else 10
+
+    def validate(self, path, source):
+        if self.events:
+            if self.denoise_us is not None and not EVENT_SETS[self.dataset].denoise:
+                raise ConfigError(f"denoise applies to camera events, not {EVENT_SETS[self.dataset].name}",
+                                  source=source, key=f"{path}.denoise_us", related=(f"{path}.dataset",))
+            return
+        for name in ("duration_ms", "denoise_us"):
+            if getattr(self, name) is not None:
+                raise ConfigError(f"{name} applies to event data sets (nmnist, shd), not {self.dataset}",
+                                  source=source, key=f"{path}.{name}", related=(f"{path}.dataset",))
 
 
 @dataclass(frozen=True)
 class EncodingConfig:
     kind: str = choice("direct", encodings.KINDS, "direct: image as constant current; rate: Bernoulli spikes; "
-                       "latency: one spike per pixel, earlier when brighter")
-    time_steps: int = integer(25, "simulation steps per image", minimum=1, maximum=10000)
-    gain: float = number(1.0, "direct: current = pixel*gain; rate: p = pixel*gain", minimum=0,
-                         exclusive_minimum=True)
+                       "latency: one spike per pixel, earlier when brighter; events: an event data set's frames "
+                       "(its only encoding)")
+    time_steps: int = integer(25, "simulation steps per image (event data: frames per recording)", minimum=1,
+                              maximum=10000)
+    gain: float = number(1.0, "direct: current = pixel*gain; rate: p = pixel*gain; events: input = events per "
+                         "frame*gain", minimum=0, exclusive_minimum=True)
 
 
 @dataclass(frozen=True)
@@ -577,16 +630,38 @@ class TrainConfig:
         if needs_neurons and self.model.readout == "mean_current":
             raise ConfigError(f"{self.train.loss} is not allowed with model.readout: mean_current (it has no output "
                               "neurons); use loss: ce", source=source, key="train.loss", related=("model.readout",))
-        if self.model.input_size != 784:
-            raise ConfigError(f"{self.model.input_size} is not allowed; MNIST images have 784 pixels",
-                              source=source, key="model.input_size")
+        if tuple(self.model.input_shape) != self.data.shape:
+            raise ConfigError(f"{self.model.input_shape} is not allowed; data.dataset {self.data.dataset} gives "
+                              f"{list(self.data.shape)}", source=source, key="model.input_shape",
+                              related=("data.dataset",))
+        if self.model.outputs < self.data.classes:
+            raise ConfigError(f"{self.model.outputs} is not allowed; data.dataset {self.data.dataset} has "
+                              f"{self.data.classes} classes", source=source, key="model.outputs",
+                              related=("data.dataset",))
+        if self.data.events != (self.encoding.kind == "events"):
+            if self.data.events:
+                raise ConfigError(f"{self.encoding.kind} is not allowed for event data ({self.data.dataset} gives "
+                                  "spikes over time already); use encoding.kind: events", source=source,
+                                  key="encoding.kind", related=("data.dataset",))
+            raise ConfigError(f"events is not allowed for {self.data.dataset} (images); use direct, rate or "
+                              "latency", source=source, key="encoding.kind", related=("data.dataset",))
+        if self.data.events and self.train.augment_shift:
+            raise ConfigError("augment_shift translates images; it does not apply to event data", source=source,
+                              key="train.augment_shift", related=("data.dataset",))
 
 
 TRAIN_KINDS = (KindKey("encoding", "kind", "direct", keeps=("time_steps",)),)
 
 
 def parse_train(data: dict, source: str | None) -> TrainConfig:
-    return parse(TrainConfig, data, source=source, sections={"model": parse_model})
+    section = data.get("data") if isinstance(data, dict) else None
+    dataset = section.get("dataset") if isinstance(section, dict) else None
+    shape = EVENT_SETS[dataset].shape if dataset in EVENT_SETS else IMAGE_SHAPE  # (a wrong name: data's error)
+
+    def model(model_data, key, where):
+        return parse_model(model_data, key, where, data_shape=shape)
+
+    return parse(TrainConfig, data, source=source, sections={"model": model})
 
 
 def config_to_dict(cfg: TrainConfig) -> dict:

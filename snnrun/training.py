@@ -26,6 +26,7 @@ from snnrun import encoding as encodings
 from snnrun.config import ConfigError
 from snnrun.data import Split, load_images, validation_split
 from snnrun.distributed import Ranks
+from snnrun.event_data import load_frames
 from snnrun.network import Network, NetworkOutput
 from snnrun.runs import write_atomically
 from snnrun.schema import TrainConfig, TrainSettings, config_to_dict
@@ -43,7 +44,12 @@ class TrainingDiverged(Exception):
 
 def load_splits(cfg: TrainConfig, device) -> tuple[Split, Split, Split]:
     """(train, val, test) as uint8 tensors on the device, with the config's subset applied."""
-    train, test = load_images(cfg.data.root, cfg.data.dataset, cfg.data.download)
+    d = cfg.data
+    if d.events:
+        train, test = load_frames(d.root, d.dataset, cfg.encoding.time_steps, d.duration_ms, d.denoise_us,
+                                  d.download)
+    else:
+        train, test = load_images(d.root, d.dataset, d.download)
     train, val = validation_split(train, min(cfg.data.val_size, len(train) // 2), cfg.train.seed)
     subset = cfg.train.subset
     if subset.train is not None:  # the validation images stay data.val_size, whatever the subset
