@@ -229,7 +229,8 @@ def test_the_simulation_table_says_how_many_neurons_it_leaves_out_and_where_they
     per = {key: [1.0] * 21 for key in ("spike_count", "firing_rate", "first_spike_time", "mean_isi", "isi_cv")}
     metrics = {"units": {"firing_rate": "Hz", "mean_isi": "ms"}, "per_neuron": per,
                "population": {"total_spikes": 21, "mean_firing_rate": 1.0, "mean_isi": 1.0}}
-    run = SimpleNamespace(result=SimpleNamespace(metrics=metrics, seconds=0.1, engine="torch"), folder=Path("outputs/x"),
+    run = SimpleNamespace(result=SimpleNamespace(metrics=metrics, seconds=0.1, engine="torch"),
+                          folder=Path("outputs/x"),
                           config=SimpleNamespace(neuron=SimpleNamespace(model="lif"), time_steps=10,
                                                  stimulus=SimpleNamespace(kind="step")))
     table = _simulation_table(run)
