@@ -521,20 +521,23 @@ def model_to_dict(cfg: ModelConfig) -> dict:
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = choice("mnist", [*DATASETS, *EVENT_SETS], "mnist, fashion_mnist or kmnist: 28 x 28 grey images "
-                          "of 10 classes; nmnist (N-MNIST, 2 x 34 x 34 camera events, 10 classes) or shd (Spiking "
-                          "Heidelberg Digits, 700 channels of audio events, 20 classes): events binned into "
-                          "encoding.time_steps frames")
+                          "of 10 classes; nmnist (N-MNIST, 2 x 34 x 34 camera events, 10 classes), dvs_gesture (DVS128 "
+                          "Gesture, 2 x 128 x 128 camera events, 11 classes) or shd (Spiking Heidelberg Digits, 700 "
+                          "channels of audio events, 20 classes): events binned into encoding.time_steps frames")
     root: str = field("data", "string", "folder holding MNIST/raw/*-ubyte (FashionMNIST/raw, KMNIST/raw: "
-                      "torchvision's layout; NMNIST/Train, NMNIST/Test, SHD/shd_*.h5: tonic's)")
+                      "torchvision's layout; NMNIST/Train, DVSGesture/ibmGesture*, SHD/shd_*.h5: tonic's)")
     download: bool = field(False, "bool", "let torchvision (tonic for event data) download the data set when it is "
                            "missing")
     val_size: int = integer(5000, "training images held out to choose the best epoch", minimum=0, maximum=30000)
     duration_ms: float | None = number(None, "event data: the span of each recording (from its start) binned into "
                                        "encoding.time_steps frames; later events are dropped (null: N-MNIST 300, "
-                                       "SHD 1000)", minimum=0, exclusive_minimum=True, nullable=True)
-    denoise_us: float | None = number(None, "N-MNIST: drop events with no neighbour event within this many "
-                                      "microseconds (tonic's Denoise; null: keep all)", minimum=0,
-                                      exclusive_minimum=True, nullable=True)
+                                       "DVS128 Gesture 6000, SHD 1000)", minimum=0, exclusive_minimum=True,
+                                       nullable=True)
+    denoise_us: float | None = number(None, "camera events (nmnist, dvs_gesture): drop events with no neighbour "
+                                      "event within this many microseconds (tonic's Denoise; null: keep all)",
+                                      minimum=0, exclusive_minimum=True, nullable=True)
+    downsample: int = integer(1, "camera events: pool the sensor's pixels by this factor in each direction "
+                              "(tonic's Downsample; dvs_gesture 4: 2 x 32 x 32)", minimum=1, maximum=64)
 
     @property
     def events(self) -> bool:
@@ -543,7 +546,7 @@ class DataConfig:
     @property
     def shape(self) -> tuple[int, ...]:
         """One sample's input per step."""
-        return EVENT_SETS[self.dataset].shape if self.events else IMAGE_SHAPE
+        return EVENT_SETS[self.dataset].shape_at(self.downsample) if self.events else IMAGE_SHAPE
 
     @property
     def classes(self) -> int:
@@ -551,14 +554,17 @@ class DataConfig:
 
     def validate(self, path, source):
         if self.events:
-            if self.denoise_us is not None and not EVENT_SETS[self.dataset].denoise:
-                raise ConfigError(f"denoise applies to camera events, not {EVENT_SETS[self.dataset].name}",
-                                  source=source, key=f"{path}.denoise_us", related=(f"{path}.dataset",))
+            camera = EVENT_SETS[self.dataset].camera
+            for name, given in (("denoise_us", self.denoise_us is not None), ("downsample", self.downsample != 1)):
+                if given and not camera:
+                    raise ConfigError(f"{name} applies to camera events, not {EVENT_SETS[self.dataset].name}",
+                                      source=source, key=f"{path}.{name}", related=(f"{path}.dataset",))
             return
-        for name in ("duration_ms", "denoise_us"):
-            if getattr(self, name) is not None:
-                raise ConfigError(f"{name} applies to event data sets (nmnist, shd), not {self.dataset}",
-                                  source=source, key=f"{path}.{name}", related=(f"{path}.dataset",))
+        given = [name for name in ("duration_ms", "denoise_us") if getattr(self, name) is not None]
+        given += ["downsample"] if self.downsample != 1 else []
+        if given:
+            raise ConfigError(f"{given[0]} applies to event data sets ({', '.join(EVENT_SETS)}), not "
+                              f"{self.dataset}", source=source, key=f"{path}.{given[0]}", related=(f"{path}.dataset",))
 
 
 @dataclass(frozen=True)
@@ -656,7 +662,9 @@ TRAIN_KINDS = (KindKey("encoding", "kind", "direct", keeps=("time_steps",)),)
 def parse_train(data: dict, source: str | None) -> TrainConfig:
     section = data.get("data") if isinstance(data, dict) else None
     dataset = section.get("dataset") if isinstance(section, dict) else None
-    shape = EVENT_SETS[dataset].shape if dataset in EVENT_SETS else IMAGE_SHAPE  # (a wrong name: data's error)
+    factor = section.get("downsample", 1) if isinstance(section, dict) else 1
+    factor = factor if isinstance(factor, int) and factor >= 1 else 1  # (a wrong value: data's error)
+    shape = EVENT_SETS[dataset].shape_at(factor) if dataset in EVENT_SETS else IMAGE_SHAPE
 
     def model(model_data, key, where):
         return parse_model(model_data, key, where, data_shape=shape)

@@ -47,7 +47,7 @@ def load_splits(cfg: TrainConfig, device) -> tuple[Split, Split, Split]:
     d = cfg.data
     if d.events:
         train, test = load_frames(d.root, d.dataset, cfg.encoding.time_steps, d.duration_ms, d.denoise_us,
-                                  d.download)
+                                  d.download, downsample=d.downsample)
     else:
         train, test = load_images(d.root, d.dataset, d.download)
     train, val = validation_split(train, min(cfg.data.val_size, len(train) // 2), cfg.train.seed)

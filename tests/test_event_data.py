@@ -1,5 +1,6 @@
-"""Event data sets (N-MNIST, SHD) through the code a user runs, on small files the tests write in each set's real
-on-disk format: N-MNIST's 5-byte binary event records in NMNIST/Train/<digit>/*.bin, SHD's HDF5 file."""
+"""Event data sets (N-MNIST, DVS128 Gesture, SHD) through the code a user runs, on small files the tests write in
+each set's real on-disk format: N-MNIST's 5-byte binary event records in NMNIST/Train/<digit>/*.bin, DVS128
+Gesture as tonic publishes it (one (x, y, p, t ms) array per gesture in .npy files), SHD's HDF5 file."""
 
 from __future__ import annotations
 
@@ -76,6 +77,24 @@ def write_shd(root: Path, train: int = 40, test: int = 20, seed: int = 0) -> Non
             f.create_dataset("extra/keys", data=np.array([f"word{k}".encode() for k in range(20)]))
 
 
+def write_gesture(root: Path, users: int = 2, test_users: int = 1, seed: int = 0) -> None:
+    """tonic's DVSGesture layout: <split>/user<NN>_<lighting>/<label>.npy, one gesture per file, rows of
+    (x, y, polarity, time in ms); here each class moves a blob through its own quarter of the sensor."""
+    rng = np.random.default_rng(seed)
+    for split, count, first in (("ibmGestureTrain", users, 1), ("ibmGestureTest", test_users, 24)):
+        for user in range(first, first + count):
+            for lighting in ("fluorescent", "led"):
+                folder = root / "DVSGesture" / split / f"user{user:02d}_{lighting}"
+                folder.mkdir(parents=True, exist_ok=True)
+                for label in range(11):
+                    n = 400
+                    cx, cy = 16 + 32 * (label % 4), 16 + 40 * (label // 4)
+                    x = np.clip(cx + rng.integers(-6, 7, n), 0, 127)
+                    y = np.clip(cy + rng.integers(-6, 7, n), 0, 127)
+                    rows = np.stack([x, y, rng.integers(0, 2, n), np.sort(rng.integers(0, 5900, n))], axis=1)
+                    np.save(folder / f"{label}.npy", rows.astype(np.int32))
+
+
 # --------------------------------------------------------------------------- binning
 
 
@@ -108,6 +127,20 @@ def test_shd_file_is_read_and_binned(tmp_path):
     frames = event_data.frames_of(recs[1][0], "shd", 10, 1000.0, None)
     assert frames.shape == (10, 700) and frames.sum() == 150  # every spike lies within 0.9 s
     assert frames[:, 35:65].sum() == 150  # label 1's channels
+
+
+def test_gesture_files_are_read_downsampled_and_binned_by_hand(tmp_path):
+    """Two events of label 7 in tonic's .npy form: (5, 9, ON, 10 ms) and (127, 0, OFF, 5,999 ms); with downsample 4
+    the frame is 2 x 32 x 32, the first lands at [1, 9 // 4, 5 // 4] in frame 0 of 6 (1 s windows) and the
+    second at [0, 0, 31] in frame 5."""
+    folder = tmp_path / "DVSGesture" / "ibmGestureTrain" / "user01_fluorescent"
+    folder.mkdir(parents=True)
+    np.save(folder / "7.npy", np.array([[5, 9, 1, 10], [127, 0, 0, 5999]], dtype=np.int32))
+    ((events, label),) = list(event_data.recordings(tmp_path, "dvs_gesture", True))
+    assert label == 7 and list(events["t"]) == [10_000, 5_999_000]
+    frames = event_data.frames_of(events, "dvs_gesture", 6, 6000.0, None, downsample=4)
+    assert frames.shape == (6, 2, 32, 32)
+    assert frames[0, 1, 2, 1] == 1 and frames[5, 0, 0, 31] == 1 and frames.sum() == 2
 
 
 def test_frames_are_cached_and_read_back(tmp_path, monkeypatch):
@@ -165,6 +198,17 @@ def test_nmnist_conv_network_trains_evaluates_and_plots(tmp_path):
     assert predicted.exit_code == 2 and "snnrun eval" in predicted.output
 
 
+def test_gesture_conv_network_trains_on_downsampled_frames(tmp_path):
+    write_gesture(tmp_path / "data", users=3, test_users=1)
+    config = _config(tmp_path, {"dataset": "dvs_gesture", "downsample": 4},
+                     {"layers": [{"conv": 4, "kernel": 3, "pool": 2}, {"linear": 32}], "outputs": 11}, epochs=5,
+                     steps=6)
+    folder = _train(config, tmp_path / "out")
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["test_accuracy"] >= 0.5, summary  # 11 classes: chance is 0.09
+    assert yaml.safe_load((folder / "config.yaml").read_text())["model"]["input_shape"] == [2, 32, 32]
+
+
 def test_shd_mlp_trains_with_twenty_outputs(tmp_path):
     write_shd(tmp_path / "data", train=80, test=40)
     config = _config(tmp_path, {"dataset": "shd"}, {"hidden": [32], "outputs": 20}, epochs=3)
@@ -183,6 +227,9 @@ def test_shd_mlp_trains_with_twenty_outputs(tmp_path):
     ({"dataset": "mnist", "duration_ms": 100}, {"hidden": [8]}, {"kind": "rate"}, "data.duration_ms"),
     ({"dataset": "shd", "denoise_us": 1000}, {"hidden": [8], "outputs": 20}, {"kind": "events"}, "data.denoise_us"),
     ({"dataset": "nmnist"}, {"hidden": [8], "input_shape": [1, 28, 28]}, {"kind": "events"}, "model.input_shape"),
+    ({"dataset": "dvs_gesture"}, {"hidden": [8]}, {"kind": "events"}, "model.outputs"),
+    ({"dataset": "shd", "downsample": 2}, {"hidden": [8], "outputs": 20}, {"kind": "events"}, "data.downsample"),
+    ({"dataset": "mnist", "downsample": 2}, {"hidden": [8]}, {"kind": "rate"}, "data.downsample"),
 ])
 def test_event_config_mistakes_are_config_errors(tmp_path, data, model, encoding, key):
     path = tmp_path / "bad.yaml"
