@@ -44,3 +44,20 @@ def keep_freed_memory(limit: int = KEEP) -> bool:
     except OSError:
         return False
     return bool(libc.mallopt(M_MMAP_THRESHOLD, limit)) and bool(libc.mallopt(M_TRIM_THRESHOLD, limit))
+
+
+def peak_memory_mb(device=None) -> float | None:
+    """The most memory this process has held, in MiB: on a GPU what torch allocated there, else the resident
+    set's peak (None where the system does not say: Windows)."""
+    import sys
+
+    if device is not None and getattr(device, "type", str(device)) == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10

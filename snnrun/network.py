@@ -54,6 +54,12 @@ class LIFLayer(nn.Module):
         trace = neurons.run(self.model, current, self.parameters_now(), spike_fn=self.spike_fn)
         return trace.spikes, trace.membranes
 
+    def span(self, current: torch.Tensor, state: tuple | None) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+        """(spikes, membranes, state after) of a span of steps from `state` (None: rest), through the step
+        function: the form whose final state carries a gradient into the next span (`Network.time_chunk`)."""
+        trace = neurons.run(self.model, current, self.parameters_now(), state, self.spike_fn, path="step")
+        return trace.spikes, trace.membranes, trace.state
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         if self.model != "synaptic":  # checkpoints written before the neuron home kept an unused alpha
             state_dict.pop(prefix + "alpha", None)
@@ -63,8 +69,13 @@ class LIFLayer(nn.Module):
 def spike_dropout(spikes: torch.Tensor, p: float) -> torch.Tensor:
     """Drop each neuron of each sample for all time steps at once (as SpikingJelly's multi-step Dropout):
     a silenced neuron stays silent for the whole image, and one draw per neuron is 8-25x fewer than per step."""
-    keep = (torch.rand(spikes.shape[1:], device=spikes.device) >= p).to(spikes.dtype)
-    return spikes * (keep / (1 - p))
+    return spikes * spike_dropout_mask(spikes.shape[1:], p, spikes.device, spikes.dtype)
+
+
+def spike_dropout_mask(shape, p: float, device, dtype=torch.float32) -> torch.Tensor:
+    """The factor of `spike_dropout`: 0 for a dropped neuron of a sample, 1/(1 - p) for a kept one."""
+    keep = (torch.rand(shape, device=device) >= p).to(dtype)
+    return keep / (1 - p)
 
 
 @dataclass
@@ -80,9 +91,12 @@ class NetworkOutput:
 class Network(nn.Module):
     """The hidden layers (linear, or convolutions first), each feeding its neurons, then the readout."""
 
-    def __init__(self, cfg: ModelConfig, time_steps: int):
+    def __init__(self, cfg: ModelConfig, time_steps: int, time_chunk: int | None = None):
+        """time_chunk: in training, run the steps in chunks of this many and recompute each chunk's forward in the
+        backward pass (gradient checkpointing), so the tensors kept for the backward cover one chunk, not all
+        steps; the neurons' state is carried from chunk to chunk with its gradient."""
         super().__init__()
-        self.cfg, self.time_steps = cfg, time_steps
+        self.cfg, self.time_steps, self.time_chunk = cfg, time_steps, time_chunk
         spike_fn = Surrogate(cfg.surrogate.kind, cfg.surrogate.slope)
         self.in_shapes = [cfg.in_shape, *cfg.shapes[:-1]] if cfg.hidden else []
         # (named `linears` for the checkpoints' keys; a convolutional layer's synapses are an nn.Conv2d)
@@ -107,6 +121,8 @@ class Network(nn.Module):
     def forward(self, x: torch.Tensor, record: bool = False) -> NetworkOutput:
         """x: (batch, features) constant input, or (time, batch, features) spikes."""
         steps = self.time_steps
+        if self.time_chunk and self.time_chunk < steps and self.training and torch.is_grad_enabled() and not record:
+            return self._forward_in_chunks(x)
         over_time = x.dim() == 3  # spikes (time first); else a constant input, each layer before the first
         recorded = [x.expand(steps, *x.shape) if not over_time else x] if record else None  # neurons runs once
         membranes = [] if record else None
@@ -149,6 +165,73 @@ class Network(nn.Module):
         else:
             logits = membrane.sum(dim=0)
         return NetworkOutput(logits, spikes, membrane, torch.stack(counts), recorded, membranes)
+
+
+    def _forward_in_chunks(self, x: torch.Tensor) -> NetworkOutput:
+        """`forward` over spans of `time_chunk` steps, each under torch.utils.checkpoint: only a span's input, the
+        neurons' state between spans and the output layer's spikes and membranes are kept for the backward pass,
+        which runs each span's forward again. The same numbers as `forward` (to float rounding: the neurons run
+        their step function, not the whole-sequence node); dropout masks are drawn once for all spans."""
+        from torch.utils.checkpoint import checkpoint
+
+        steps, batch = self.time_steps, x.shape[1] if x.dim() == 3 else x.shape[0]
+        masks = tuple(spike_dropout_mask((batch, *shape), p, x.device) if p > 0 else None
+                      for shape, p in zip(self.cfg.shapes, self.dropouts, strict=True))
+        states: tuple = (None,) * (len(self.neurons) + 1)
+        spikes, membranes, hidden_sum, counts = [], [], 0.0, 0.0
+        for start in range(0, steps, self.time_chunk):
+            length = min(self.time_chunk, steps - start)
+            span_input = x[start:start + length] if x.dim() == 3 else x
+            out_spikes, out_membrane, last, states, span_counts = checkpoint(
+                self._span, span_input, length, states, masks, use_reentrant=False)
+            counts = counts + span_counts
+            if out_spikes is None:
+                hidden_sum = hidden_sum + last
+            else:
+                spikes.append(out_spikes)
+                membranes.append(out_membrane)
+        if self.output_neurons is None:
+            logits = self.readout(hidden_sum / steps)
+            return NetworkOutput(logits, None, None, counts, None, None)
+        spikes, membrane = torch.cat(spikes), torch.cat(membranes)
+        if self.cfg.readout == "rate":
+            logits = spikes.sum(dim=0)
+        elif self.cfg.membrane_reduce == "max":
+            logits = membrane.max(dim=0).values
+        else:
+            logits = membrane.sum(dim=0)
+        return NetworkOutput(logits, spikes, membrane, counts, None, None)
+
+    def _span(self, x: torch.Tensor, length: int, states: tuple, masks: tuple):
+        """One span of `length` steps through every layer from the given states: (output spikes, output
+        membranes, the last hidden layer's spikes summed over the span (mean-current readout), the states after
+        the span, spikes per layer)."""
+        over_time = x.dim() == 3
+        after, counts = [], []
+        for synapses, layer, shape, lif, mask, state in zip(self.linears, self.cfg.hidden, self.in_shapes,
+                                                            self.neurons, masks, states, strict=False):
+            if isinstance(layer, ConvSpec):
+                current = _convolved(synapses, layer, x, shape, length, over_time)
+            elif not over_time:
+                current = synapses(x).expand(length, -1, -1)
+            else:
+                current = spike_linear(x.flatten(2), synapses.weight, synapses.bias)
+            x, _, state = lif.span(current, state)
+            after.append(state)
+            counts.append(x.detach().sum())
+            if mask is not None:
+                x = x * mask
+            over_time = True
+        if over_time:
+            x = x.flatten(2)
+        if self.output_neurons is None:
+            counts.append(torch.zeros((), device=x.device))
+            return None, None, (x.sum(dim=0) if over_time else x * length), (*after, None), torch.stack(counts)
+        current = spike_linear(x, self.readout.weight, self.readout.bias) if over_time else \
+            self.readout(x).expand(length, -1, -1)
+        spikes, membrane, state = self.output_neurons.span(current, states[-1])
+        counts.append(spikes.detach().sum())
+        return spikes, membrane, None, (*after, state), torch.stack(counts)
 
 
 def _synapses(layer, shape: tuple[int, ...]) -> nn.Module:

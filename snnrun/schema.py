@@ -606,6 +606,10 @@ class TrainSettings:
     grad_clip: float | None = number(None, "clip the gradient norm (null: no clipping)", minimum=0,
                                      exclusive_minimum=True, nullable=True)
     augment_shift: int = integer(0, "random translation of training images by up to N pixels", minimum=0, maximum=8)
+    time_chunk: int | None = integer(None, "run the forward pass in chunks of this many steps and recompute each in "
+                                     "the backward pass (gradient checkpointing): memory grows with the chunk, "
+                                     "not with encoding.time_steps, for a slower step (null: off)", minimum=1,
+                                     nullable=True)
     seed: int = integer(0, "seed of weights, shuffling, augmentation, encoding and dropout")
     subset: SubsetConfig = section(SubsetConfig)
     checkpoint_every: int = integer(1, "epochs between checkpoints (last.pt; best.pt whenever val improves)",

@@ -27,6 +27,7 @@ from snnrun.config import ConfigError
 from snnrun.data import Split, load_images, validation_split
 from snnrun.distributed import Ranks
 from snnrun.event_data import load_frames
+from snnrun.memory import peak_memory_mb
 from snnrun.network import Network, NetworkOutput
 from snnrun.runs import write_atomically
 from snnrun.schema import TrainConfig, TrainSettings, config_to_dict
@@ -384,6 +385,7 @@ def train(cfg: TrainConfig, folder: Path | None, device: torch.device, callbacks
         "test_loss": test["loss"],
         "test_spikes_per_neuron_step": test["spikes_per_neuron_step"],
         "train_seconds": run.train_seconds,
+        "peak_memory_mb": peak_memory_mb(device),  # this process's (a resumed run's: since the resume)
         "epochs": len(run.history),
         "history": run.history,
         "test_images": len(test_set),
@@ -397,7 +399,7 @@ def start(cfg: TrainConfig, device: torch.device, train_images: int, ranks: Rank
     and the random streams; and what the batches go through (the network, or its DistributedDataParallel
     wrapper when several ranks train)."""
     s = cfg.train
-    model = Network(cfg.model, cfg.encoding.time_steps).to(device)
+    model = Network(cfg.model, cfg.encoding.time_steps, time_chunk=cfg.train.time_chunk).to(device)
     forward = distributed.replicate(model, ranks, device)
     if ranks.rank > 0:  # each rank its own dropout draws (rank 0 keeps the single-process ones)
         torch.manual_seed(s.seed + _RANK_STRIDE * ranks.rank)

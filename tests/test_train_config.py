@@ -67,3 +67,17 @@ def test_resume_beside_a_config_is_refused(tmp_path):
         load_train_config(REPO / "configs" / "smoke.yaml", [], resume=tmp_path)
     result = CliRunner().invoke(app, ["train", "configs/smoke.yaml", "--resume", str(tmp_path)])
     assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in SHIPPED.glob("*.yaml")
+                                        if yaml.safe_load(p.read_text()).get("neuron") is None
+                                        and "sweep" not in yaml.safe_load(p.read_text())))
+def test_every_shipped_training_config_is_valid(path):
+    from snnrun.config import load_yaml
+    from snnrun.schema import parse_train
+
+    cfg = parse_train(load_yaml(SHIPPED / path), path)
+    assert cfg.model.layer_sizes[-1] == cfg.model.outputs >= cfg.data.classes
