@@ -27,7 +27,7 @@ def train(tmp_path, *args) -> Path:
 
 def outcome(folder: Path):
     summary = json.loads((folder / "summary.json").read_text())
-    summary.pop("train_seconds")
+    summary.pop("train_seconds"), summary.pop("peak_memory_mb")  # measured, not computed
     history = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     return summary, [(r["epoch"], r["train_loss"], r["val_accuracy"]) for r in history], \
         torch.load(folder / "checkpoints" / "last.pt", weights_only=True)["model"]

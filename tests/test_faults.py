@@ -65,7 +65,7 @@ def finished(result: subprocess.CompletedProcess) -> Path:
 def outcome(folder: Path) -> tuple[dict, dict]:
     """(summary, final weights) of a finished run."""
     summary = json.loads((folder / "summary.json").read_text())
-    summary.pop("train_seconds")
+    summary.pop("train_seconds"), summary.pop("peak_memory_mb")  # measured, not computed
     weights = torch.load(folder / "checkpoints" / "last.pt", weights_only=True)["model"]
     return summary, weights
 
