@@ -158,14 +158,17 @@ class Network(nn.Module):
         if record:
             recorded.append(spikes.detach())
             membranes.append(membrane.detach())
-        if self.cfg.readout == "rate":
-            logits = spikes.sum(dim=0)
-        elif self.cfg.membrane_reduce == "max":
-            logits = membrane.max(dim=0).values
-        else:
-            logits = membrane.sum(dim=0)
-        return NetworkOutput(logits, spikes, membrane, torch.stack(counts), recorded, membranes)
+        return NetworkOutput(self._logits(spikes, membrane), spikes, membrane, torch.stack(counts), recorded,
+                             membranes)
 
+    def _logits(self, spikes: torch.Tensor, membrane: torch.Tensor) -> torch.Tensor:
+        """What the output neurons' readout predicts from: spike counts, or the membrane summed (or maxed) over
+        time."""
+        if self.cfg.readout == "rate":
+            return spikes.sum(dim=0)
+        if self.cfg.membrane_reduce == "max":
+            return membrane.max(dim=0).values
+        return membrane.sum(dim=0)
 
     def _forward_in_chunks(self, x: torch.Tensor) -> NetworkOutput:
         """`forward` over spans of `time_chunk` steps, each under torch.utils.checkpoint: only a span's input, the
@@ -194,13 +197,7 @@ class Network(nn.Module):
             logits = self.readout(hidden_sum / steps)
             return NetworkOutput(logits, None, None, counts, None, None)
         spikes, membrane = torch.cat(spikes), torch.cat(membranes)
-        if self.cfg.readout == "rate":
-            logits = spikes.sum(dim=0)
-        elif self.cfg.membrane_reduce == "max":
-            logits = membrane.max(dim=0).values
-        else:
-            logits = membrane.sum(dim=0)
-        return NetworkOutput(logits, spikes, membrane, counts, None, None)
+        return NetworkOutput(self._logits(spikes, membrane), spikes, membrane, counts, None, None)
 
     def _span(self, x: torch.Tensor, length: int, states: tuple, masks: tuple):
         """One span of `length` steps through every layer from the given states: (output spikes, output
