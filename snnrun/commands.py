@@ -150,9 +150,10 @@ def blame_overrides(overrides: list[str], device: str | None, current: str | Non
         if device is not None:
             given["device"] = f"--device {device}"
         keys = [error.key or "", *error.related]
-        # a key at fault is the one set, lies under it, or is a section the setting created on its way down
+        # a key at fault is the one set, lies under it (model.hidden[0].size under model.hidden), or is a section
+        # the setting created on its way down
         origin = next((item for k, item in given.items() for key in keys
-                       if key == k or key.startswith(k + ".") or k.startswith(key + ".")), None)
+                       if key == k or key.startswith((k + ".", k + "[")) or k.startswith(key + ".")), None)
         if origin is None:
             raise
         source = f"{error.source} ({origin})" if error.source else origin
