@@ -1,6 +1,13 @@
 """NIR (Neural Intermediate Representation): a trained network to a `nir.NIRGraph` and back.
 
-The graph is a chain  Input -> (Affine -> LIF|CubaLIF)* -> Affine -> [LIF|CubaLIF|LI|CubaLI] -> Output.
+The graph is a chain  Input -> (Conv2d -> [AvgPool2d] -> LIF|CubaLIF)* -> [Flatten] -> (Affine -> LIF|CubaLIF)*
+-> Affine -> [LIF|CubaLIF|LI|CubaLI] -> Output. Shapes are per sample, without the batch: a convolution's
+neurons are (channels, height, width) arrays, and Flatten(start_dim=0) turns them into the features of the first
+dense layer, as NIR's own shape inference reads it. Pooling acts on the convolution's current before the neurons
+(as snnTorch's tutorial 6 pools); NIR 1.0 has AvgPool2d and SumPool2d but no max pooling, so a max-pooled
+network is refused at export with the layer named (a SumPool2d is read back as average pooling with its k²
+folded into the convolution's weights).
+
 NIR states neurons as ODEs in seconds,  tau dv/dt = (v_leak - v) + r I  (CubaLIF: tau_syn dI/dt = -I + w_in S
 first). We map our per-step neurons with forward Euler at an explicit step dt (in the graph's metadata), as
 snnTorch, Norse and nirtorch do:
@@ -12,7 +19,8 @@ v_leak = 0, v_reset = 0. NIR's LIF resets to v_reset in the step that fires; our
 delayed reset (reset_delay: true) have no NIR field, so each neuron node carries them in its metadata
 (`reset`, `reset_delay`): snnrun reads them back exactly, other tools see a zero reset. A membrane readout
 whose output neurons never reset is exported as an LI (CubaLI) node; a mean-current readout ends at the
-Affine (the mean over time is the reader's job). The encoding and number of steps go in the graph metadata.
+Affine (the mean over time is the reader's job). The encoding, the number of steps and the data set go in the
+graph metadata.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import torch
 from snnrun import __version__
 from snnrun.config import NIRFileError, UserError
 from snnrun.network import Network
+from snnrun.schema import ConvSpec
 
 DEFAULT_DT = 1e-4  # seconds; snnTorch's import assumes exactly this step
 
@@ -45,24 +54,33 @@ def to_nir(model: Network, train_config: dict, dt: float = DEFAULT_DT):
     """The network as a NIRGraph (float64 arrays; see the module docstring for the mapping)."""
     nir = require_nir()
     cfg = model.cfg
-    if cfg.convolutional:
-        raise UserError("networks with convolutions cannot be exported to NIR yet (only linear layers)",
-                        source="snnrun export")
-    nodes = {"input": nir.Input(input_type={"input": np.array([cfg.input_size])})}
+    nodes = {"input": nir.Input(input_type={"input": np.array(cfg.in_shape)})}
     chain = ["input"]
-    layers = list(zip(model.linears, model.neurons, [layer.neuron for layer in cfg.hidden], strict=True))
-    for i, (linear, lif, spec) in enumerate(layers, 1):
-        nodes[f"fc{i}"] = _affine(nir, linear)
-        nodes[f"lif{i}"] = _neuron(nir, lif, spec, dt, leaky_integrator=False)
-        chain += [f"fc{i}", f"lif{i}"]
-    nodes["fc_out"] = _affine(nir, model.readout)
-    chain.append("fc_out")
+
+    def add(name: str, node) -> None:
+        nodes[name] = node
+        chain.append(name)
+
+    shape = cfg.in_shape
+    for i, (synapses, layer, lif, after) in enumerate(zip(model.linears, cfg.hidden, model.neurons, cfg.shapes,
+                                                          strict=True), 1):
+        if isinstance(layer, ConvSpec):
+            add(f"conv{i}", _conv(nir, synapses, shape))
+            if layer.pool:
+                add(f"pool{i}", _pool(nir, layer, i))
+        else:
+            if len(shape) > 1:
+                add("flatten", _flatten(nir, shape))
+            add(f"fc{i}", _affine(nir, synapses))
+        add(f"lif{i}", _neuron(nir, lif, layer.neuron, dt, False, after))
+        shape = after
+    if len(shape) > 1:
+        add("flatten", _flatten(nir, shape))
+    add("fc_out", _affine(nir, model.readout))
     if model.output_neurons is not None:
         integrator = cfg.readout == "membrane" and cfg.output.reset == "none"
-        nodes["lif_out"] = _neuron(nir, model.output_neurons, cfg.output, dt, leaky_integrator=integrator)
-        chain.append("lif_out")
-    nodes["output"] = nir.Output(output_type={"output": np.array([cfg.outputs])})
-    chain.append("output")
+        add("lif_out", _neuron(nir, model.output_neurons, cfg.output, dt, integrator, (cfg.outputs,)))
+    add("output", nir.Output(output_type={"output": np.array([cfg.outputs])}))
     encoding = train_config["encoding"]
     metadata = {
         "producer": f"snnrun {__version__}",
@@ -74,7 +92,28 @@ def to_nir(model: Network, train_config: dict, dt: float = DEFAULT_DT):
         "readout": str(cfg.readout),
         "membrane_reduce": str(cfg.membrane_reduce),
     }
+    if "dataset" in train_config.get("data", {}):
+        metadata["dataset"] = str(train_config["data"]["dataset"])
     return nir.NIRGraph(nodes=nodes, edges=list(zip(chain[:-1], chain[1:], strict=True)), metadata=metadata)
+
+
+def _conv(nir, conv: torch.nn.Conv2d, shape: tuple[int, ...]):
+    return nir.Conv2d(input_shape=tuple(int(side) for side in shape[1:]),
+                      weight=conv.weight.detach().cpu().double().numpy(), stride=conv.stride, padding=conv.padding,
+                      dilation=conv.dilation, groups=conv.groups, bias=conv.bias.detach().cpu().double().numpy())
+
+
+def _pool(nir, layer: ConvSpec, index: int):
+    if layer.pool_kind == "max":
+        raise UserError(f"layer {index} max-pools its current, and NIR has no max-pooling node (only AvgPool2d and "
+                        "SumPool2d): a network whose convolutions pool with pool_kind: avg, or not at all, exports",
+                        source="snnrun export")
+    size = np.array([layer.pool, layer.pool])
+    return nir.AvgPool2d(kernel_size=size, stride=size.copy(), padding=np.zeros(2, dtype=int))
+
+
+def _flatten(nir, shape: tuple[int, ...]):
+    return nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1)
 
 
 def _affine(nir, linear: torch.nn.Linear):
@@ -82,10 +121,12 @@ def _affine(nir, linear: torch.nn.Linear):
                       bias=linear.bias.detach().cpu().double().numpy())
 
 
-def _neuron(nir, lif, spec, dt: float, leaky_integrator: bool):
-    size = lif.size
-    beta = np.broadcast_to(lif.beta.detach().clamp(0, 1).cpu().double().numpy(), (size,)).copy()
-    threshold = np.broadcast_to(lif.threshold.detach().cpu().double().numpy(), (size,)).copy()
+def _neuron(nir, lif, spec, dt: float, leaky_integrator: bool, shape: tuple[int, ...]):
+    """The neuron node of a layer whose neurons have `shape` (a convolution's per-channel values repeated over
+    its positions)."""
+    size = shape
+    beta = np.broadcast_to(lif.beta.detach().clamp(0, 1).cpu().double().numpy(), size).copy()
+    threshold = np.broadcast_to(lif.threshold.detach().cpu().double().numpy(), size).copy()
     with np.errstate(divide="ignore"):
         tau = dt / (1.0 - beta)  # beta = 1 (no leak): tau = inf
     zeros = np.zeros(size)
@@ -105,7 +146,8 @@ def _neuron(nir, lif, spec, dt: float, leaky_integrator: bool):
 
 # --------------------------------------------------------------------------- import
 
-SUPPORTED = "Input -> (Affine|Linear -> LIF|CubaLIF)* -> Affine|Linear -> [LIF|CubaLIF|LI|CubaLI] -> Output"
+SUPPORTED = ("Input -> (Conv2d -> [AvgPool2d|SumPool2d] -> LIF|CubaLIF)* -> [Flatten] -> "
+             "(Affine|Linear -> LIF|CubaLIF)* -> Affine|Linear -> [LIF|CubaLIF|LI|CubaLI] -> Output")
 
 
 def from_nir(graph, source: str, dt: float | None = None) -> tuple[dict, dict]:
@@ -114,34 +156,56 @@ def from_nir(graph, source: str, dt: float | None = None) -> tuple[dict, dict]:
     metadata = dict(graph.metadata or {})
     dt = float(dt if dt is not None else metadata.get("dt", DEFAULT_DT))
     chain = _chain(graph, source)
-    kinds = [type(node).__name__ for _, node in chain]
-    neurons = (nir.LIF, nir.CubaLIF)
-    # Input, then pairs of (weights, neurons), then the readout's weights, an optional output neuron, Output
-    body = chain[1:-1]
-    last_is_neuron = bool(body) and isinstance(body[-1][1], (*neurons, nir.LI, nir.CubaLI))
-    hidden_pairs, tail = (body[:-2], body[-2:]) if last_is_neuron else (body[:-1], body[-1:])
-    shapes_ok = (isinstance(chain[0][1], nir.Input) and isinstance(chain[-1][1], nir.Output) and tail
-                 and len(hidden_pairs) % 2 == 0
-                 and all(isinstance(n, (nir.Affine, nir.Linear)) for _, n in hidden_pairs[0::2])
-                 and all(isinstance(n, neurons) for _, n in hidden_pairs[1::2])
-                 and isinstance(tail[0][1], (nir.Affine, nir.Linear)))
-    if not shapes_ok:
-        odd = next(((name, type(node).__name__) for name, node in chain
-                    if not isinstance(node, (nir.Input, nir.Output, nir.Affine, nir.Linear, *neurons, nir.LI,
-                                             nir.CubaLI))), None)
-        detail = f"node {odd[0]!r} is a {odd[1]}, which snnrun does not support" if odd else \
-            f"the chain {' -> '.join(kinds)} is not one snnrun builds"
-        raise NIRFileError(f"{detail}; snnrun imports {SUPPORTED}", source=source)
-    state, hidden, base = {}, [], None
-    for i in range(0, len(hidden_pairs), 2):
-        (_, weights), (nname, node) = hidden_pairs[i], hidden_pairs[i + 1]
-        weight, bias = _weights(weights)
-        spec, values, scale = _neuron_spec(nir, node, nname, dt, source, integrator=False)
-        layer = i // 2
-        state[f"linears.{layer}.weight"], state[f"linears.{layer}.bias"] = weight * scale[:, None], bias * scale
-        state.update({f"neurons.{layer}.{k}": v for k, v in values.items()})
-        hidden.append({"size": weight.shape[0], **spec})
+    spiking, weights = (nir.LIF, nir.CubaLIF), (nir.Affine, nir.Linear)
+    known = (nir.Input, nir.Output, nir.Conv2d, nir.AvgPool2d, nir.SumPool2d, nir.Flatten, *weights, *spiking,
+             nir.LI, nir.CubaLI)
+    odd = next(((name, type(node).__name__) for name, node in chain if not isinstance(node, known)), None)
+    if odd:
+        raise NIRFileError(f"node {odd[0]!r} is a {odd[1]}, which snnrun does not support; snnrun imports "
+                           f"{SUPPORTED}", source=source)
+    broken = NIRFileError(f"the chain {' -> '.join(type(node).__name__ for _, node in chain)} is not one snnrun "
+                          f"builds; snnrun imports {SUPPORTED}", source=source)
+    if not (isinstance(chain[0][1], nir.Input) and isinstance(chain[-1][1], nir.Output)):
+        raise broken
+    body, state, layers, base = chain[1:-1], {}, [], None
+
+    def at(j: int, kinds) -> bool:
+        return j < len(body) and isinstance(body[j][1], kinds)
+
+    def spiking_layer(j: int, item: dict, weight: np.ndarray, bias: np.ndarray, channels: int | None) -> None:
+        """The neurons at body[j] after the synapses `weight`, as layer `item` (its neuron keys added)."""
+        nonlocal base
+        name, node = body[j]
+        spec, values, scale = _neuron_spec(nir, node, name, dt, source, integrator=False, channels=channels)
+        layer = len(layers)
+        factor = scale.reshape(-1, *[1] * (weight.ndim - 1))
+        state[f"linears.{layer}.weight"], state[f"linears.{layer}.bias"] = weight * factor, bias * scale
+        state.update({f"neurons.{layer}.{k}": v.reshape(-1, 1, 1) if channels else v for k, v in values.items()})
+        layers.append({**item, **spec})
         base = base or spec
+
+    i = 0
+    while at(i, nir.Conv2d):
+        item, weight, bias = _conv_layer(*body[i], source)
+        i += 1
+        if at(i, (nir.AvgPool2d, nir.SumPool2d)):
+            item["pool"], item["pool_kind"], factor = _pool_of(*body[i], source)
+            weight, bias, i = weight * factor, bias * factor, i + 1
+        if not at(i, spiking):
+            raise broken
+        spiking_layer(i, item, weight, bias, channels=weight.shape[0])
+        i += 1
+    convolutional = bool(layers)
+    if at(i, nir.Flatten):
+        i += 1
+    while at(i, weights) and at(i + 1, spiking) and i + 2 < len(body):  # a hidden dense layer, not the readout
+        weight, bias = _weights(body[i][1])
+        spiking_layer(i + 1, {"linear" if convolutional else "size": weight.shape[0]}, weight, bias, channels=None)
+        i += 2
+    tail = body[i:]
+    if not (tail and isinstance(tail[0][1], weights) and len(tail) <= 2
+            and (len(tail) == 1 or isinstance(tail[1][1], (*spiking, nir.LI, nir.CubaLI)))):
+        raise broken
     weight, bias = _weights(tail[0][1])
     readout, output = "mean_current", None
     if len(tail) == 2:
@@ -154,21 +218,59 @@ def from_nir(graph, source: str, dt: float | None = None) -> tuple[dict, dict]:
         if readout == "mean_current":
             readout = "rate"
     state["readout.weight"], state["readout.bias"] = weight, bias
-    model = {"input_size": int(state.get("linears.0.weight", weight).shape[1]), "hidden": hidden,
-             "outputs": int(weight.shape[0]), "readout": readout,
+    model = {"outputs": int(weight.shape[0]), "readout": readout,
              "membrane_reduce": str(metadata.get("membrane_reduce", "sum"))}
+    if convolutional:
+        model.update(input_shape=[int(side) for side in np.asarray(chain[0][1].input_type["input"]).ravel()],
+                     layers=layers)
+    else:
+        model.update(input_size=int(state.get("linears.0.weight", weight).shape[1]), hidden=layers)
     if base is not None:
         model["neuron"] = {k: v for k, v in base.items() if k not in ("learn_beta", "learn_threshold")}
-    if output is not None:
+    if output is not None and readout != "mean_current":
         model["output"] = output
-    if readout == "mean_current" or output is None:
-        model.pop("output", None)
     config = {"model": model,
               "encoding": {"kind": str(metadata.get("encoding", "direct")),
                            "time_steps": int(metadata.get("time_steps", 25)),
                            "gain": float(metadata.get("encoding_gain", 1.0))},
               "train": {"loss": "ce"}}
+    if "dataset" in metadata:
+        config["data"] = {"dataset": str(metadata["dataset"])}
     return config, {k: torch.tensor(np.asarray(v), dtype=torch.float32) for k, v in state.items()}
+
+
+def _conv_layer(name: str, node, source: str) -> tuple[dict, np.ndarray, np.ndarray]:
+    """A Conv2d node as a model.layers item {conv, kernel, stride, padding}, its weight and its bias."""
+    weight = np.asarray(node.weight, dtype=np.float64)
+    bias = np.zeros(weight.shape[0]) if node.bias is None else np.asarray(node.bias, dtype=np.float64)
+    kernel = weight.shape[2:]
+    padding = node.padding
+    same = isinstance(padding, str) and padding == "same"
+    if isinstance(padding, str):  # 'valid', or 'same' (odd kernel, stride 1)
+        padding = (0, 0) if padding == "valid" else tuple(side // 2 for side in kernel)
+    stride, dilation = (tuple(np.broadcast_to(np.asarray(v), (2,)).tolist()) for v in (node.stride, node.dilation))
+    padding = tuple(np.broadcast_to(np.asarray(padding), (2,)).tolist())
+    square = kernel[0] == kernel[1] and stride[0] == stride[1] and padding[0] == padding[1]
+    if not square or dilation != (1, 1) or int(node.groups) != 1 or (same and (stride != (1, 1) or kernel[0] % 2 == 0)):
+        raise NIRFileError(f"node {name!r}: kernel {tuple(kernel)}, stride {stride}, padding {node.padding}, "
+                           f"dilation {dilation}, groups {node.groups}; snnrun builds square kernels, strides and "
+                           "paddings, without dilation or groups", source=source)
+    item = {"conv": int(weight.shape[0]), "kernel": int(kernel[0]), "stride": int(stride[0]),
+            "padding": int(padding[0])}
+    return item, weight, bias
+
+
+def _pool_of(name: str, node, source: str) -> tuple[int, str, float]:
+    """(pool size, pool_kind, the factor folded into the convolution) of an AvgPool2d or SumPool2d node: a sum
+    over k x k is k² times their average, and pooling is linear in the convolution's output."""
+    size, stride, padding = (np.broadcast_to(np.asarray(v), (2,)) for v in (node.kernel_size, node.stride,
+                                                                             node.padding))
+    if size[0] != size[1] or not np.array_equal(stride, size) or np.any(padding != 0):
+        raise NIRFileError(f"node {name!r}: pooling {size.tolist()} with stride {stride.tolist()} and padding "
+                           f"{padding.tolist()}; snnrun pools k x k windows with stride k and no padding",
+                           source=source)
+    factor = float(size[0] * size[1]) if type(node).__name__ == "SumPool2d" else 1.0
+    return int(size[0]), "avg", factor
 
 
 def _chain(graph, source: str) -> list[tuple[str, object]]:
@@ -206,19 +308,26 @@ def _short(value: float) -> float:
     return float(str(np.float32(value)))
 
 
-def _neuron_spec(nir, node, name: str, dt: float, source: str, integrator: bool) -> tuple[dict, dict, np.ndarray]:
-    """(neuron config keys, per-neuron tensors for the state_dict, the factor folded into the incoming weights)."""
+def _neuron_spec(nir, node, name: str, dt: float, source: str, integrator: bool,
+                 channels: int | None = None) -> tuple[dict, dict, np.ndarray]:
+    """(neuron config keys, per-neuron tensors for the state_dict, the factor folded into the incoming weights).
+    channels: the neurons of a convolution, whose values must be the same at every position of a channel; the
+    tensors and the factor are then one per channel."""
     synaptic = isinstance(node, (nir.CubaLIF, nir.CubaLI))
-    tau = np.asarray(node.tau_mem if synaptic else node.tau, dtype=np.float64).ravel()
+
+    def field_of(field: str) -> np.ndarray:
+        return _per_channel(getattr(node, field), channels, name, field, source)
+
+    tau = field_of("tau_mem" if synaptic else "tau")
     size = tau.size
-    leak = np.asarray(node.v_leak, dtype=np.float64)
+    leak = field_of("v_leak")
     if not np.allclose(leak, 0):
         raise NIRFileError(f"node {name!r} has v_leak != 0, which snnrun's neurons do not have", source=source)
     beta = np.where(np.isinf(tau), 1.0, 1.0 - dt / tau)
     if np.any(beta < 0) or np.any(beta > 1):
         raise NIRFileError(f"node {name!r}: tau below dt = {dt:g} s gives a decay outside [0, 1]; pass a smaller "
                            "--dt", source=source)
-    r = np.broadcast_to(np.asarray(node.r, dtype=np.float64), (size,))
+    r = np.broadcast_to(field_of("r"), (size,))
     with np.errstate(invalid="ignore"):
         scale = np.where(np.isinf(tau), r * dt, r * dt / tau)  # what one step adds per unit of input
     meta = dict(getattr(node, "metadata", None) or {})
@@ -227,13 +336,13 @@ def _neuron_spec(nir, node, name: str, dt: float, source: str, integrator: bool)
             "reset_delay": bool(meta.get("reset_delay", False))}
     values = {}
     if synaptic:
-        tau_syn = np.broadcast_to(np.asarray(node.tau_syn, dtype=np.float64), (size,))
+        tau_syn = np.broadcast_to(field_of("tau_syn"), (size,))
         alpha = np.where(np.isinf(tau_syn), 1.0, 1.0 - dt / tau_syn)
         if np.unique(alpha).size != 1:
             raise NIRFileError(f"node {name!r} has one tau_syn per neuron; snnrun's synaptic model shares one",
                                source=source)
         spec["alpha"] = _short(alpha[0])
-        w_in = np.broadcast_to(np.asarray(node.w_in, dtype=np.float64), (size,))
+        w_in = np.broadcast_to(field_of("w_in"), (size,))
         scale = scale * np.where(np.isinf(tau_syn), w_in * dt, w_in * dt / tau_syn)
     if np.unique(beta).size == 1:
         spec["beta"] = _short(beta[0])
@@ -243,11 +352,11 @@ def _neuron_spec(nir, node, name: str, dt: float, source: str, integrator: bool)
     if integrator:
         spec["threshold"] = 1.0
     else:
-        reset = np.asarray(node.v_reset if node.v_reset is not None else 0.0, dtype=np.float64)
+        reset = field_of("v_reset") if node.v_reset is not None else np.zeros(1)
         if not np.allclose(reset, 0):
             raise NIRFileError(f"node {name!r} has v_reset != 0, which snnrun's neurons do not have",
                                source=source)
-        threshold = np.broadcast_to(np.asarray(node.v_threshold, dtype=np.float64), (size,))
+        threshold = np.broadcast_to(field_of("v_threshold"), (size,))
         if np.unique(threshold).size == 1:
             spec["threshold"] = _short(threshold[0])
         else:
@@ -256,6 +365,22 @@ def _neuron_spec(nir, node, name: str, dt: float, source: str, integrator: bool)
     if np.allclose(scale, 1.0, rtol=1e-12, atol=0):
         scale = np.ones(size)
     return spec, values, scale
+
+
+def _per_channel(value, channels: int | None, name: str, field: str, source: str) -> np.ndarray:
+    """A neuron node's field as a flat array: every neuron's value, or with `channels`, one value per channel
+    (NIR gives a convolution's neurons as (channels, height, width) arrays)."""
+    array = np.asarray(value, dtype=np.float64)
+    if channels is None or array.size == 1:
+        return array.ravel()
+    if array.shape[0] != channels:
+        raise NIRFileError(f"node {name!r}: {field} has shape {array.shape}, not one value per neuron of "
+                           f"{channels} channels", source=source)
+    per = array.reshape(channels, -1)
+    if not np.all(per == per[:, :1]):
+        raise NIRFileError(f"node {name!r}: {field} differs between the positions of a channel; snnrun's "
+                           "convolution neurons have one value per channel", source=source)
+    return per[:, 0].copy()
 
 
 def read(path: Path):
