@@ -12,13 +12,13 @@ STAMP  := $(VENV)/.installed
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-install: $(STAMP) ## Create .venv (Python 3.11) with snnrun, its extras (nir, tensorboard, events), dev tools and the peers
+install: $(STAMP) ## Create .venv (Python 3.11) with snnrun, its extras (nir, tensorboard, events, sweep), dev tools and the peers
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install $(TORCH)
-	$(BIN)/python -m pip install -e '.[dev,peers,nir,tensorboard,events]'
+	$(BIN)/python -m pip install -e '.[dev,peers,nir,tensorboard,events,sweep]'
 	# SpikingJelly's wheel asks for torchaudio (which pins torch) and plotting packages its neurons never use
 	$(BIN)/python -m pip install --no-deps 'spikingjelly==2.0.0' 'loguru>=0.7'
 	touch $@

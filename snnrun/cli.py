@@ -392,81 +392,150 @@ def evaluate(
              "  snnrun sweep configs/smoke.yaml --grid encoding.time_steps=[4,8,16] --grid model.hidden=[[64],[256]]"
              "\n\n"
              "  snnrun sweep configs/smoke.yaml --random 8 --grid train.lr=1e-4:1e-2:log --parallel 2\n\n"
-             "  snnrun sweep --resume outputs/sweep/2026-01-01_12-00-00_smoke")
+             "  snnrun sweep configs/smoke.yaml --search tpe --trials 20 --range train.lr=1e-4:1e-2:log "
+             "--range model.neuron.beta=0.5:0.99 --range model.hidden=[[64],[256]] --maximize val_accuracy "
+             "--pruner median\n\n"
+             "  snnrun sweep configs/smoke.yaml --search tpe --trials 50 --range train.lr=1e-4:1e-2:log "
+             "--storage postgresql://snnrun@db-host/snnrun   # prints the study's name\n\n"
+             "  snnrun sweep --storage postgresql://snnrun@db-host/snnrun --join 2026-01-01_12-00-00_smoke  "
+             "# on each other machine\n\n"
+             "  snnrun sweep --resume outputs/sweep/2026-01-01_12-00-00_smoke\n\n"
+             "  snnrun sweep --collect outputs/sweep/2026-01-01_12-00-00_smoke   # tables and plots of every worker's")
 @user_errors
 def sweep(
     config: Annotated[Path | None, typer.Argument(help="A train or simulate config, optionally with a sweep: "
-                                                  "section (not needed with --resume).")] = None,
+                                                  "section (not with --resume, --join or --collect).")] = None,
     grid: Annotated[list[str] | None, typer.Option(
         "--grid", metavar="KEY=VALUES", help="A swept key: KEY=\\[v1,v2,...] (YAML values), or KEY=LOW:HIGH[:log] "
         "with --random; repeatable, every combination runs.")] = None,
+    range_: Annotated[list[str] | None, typer.Option(
+        "--range", metavar="KEY=RANGE", help="A searched key for --search tpe|random: KEY=LOW:HIGH (integers stay "
+        "integers), KEY=LOW:HIGH:log (log-uniform) or KEY=\\[choice1,choice2,...]; repeatable.")] = None,
+    search: Annotated[str | None, typer.Option("--search", help="grid | random | tpe (Optuna's TPE sampler: each "
+                                               "member's values from the results so far). Default: grid, or "
+                                               "random with --random.")] = None,
+    trials: Annotated[int | None, typer.Option("--trials", metavar="N", min=1, help="Members of a random or tpe "
+                                               "search.")] = None,
     random_: Annotated[int | None, typer.Option("--random", metavar="N", min=1,
-                                                help="Draw N members at random from the values and ranges.")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed of the random draws (default 0).")] = None,
+                                                help="Draw N members at random from the values and ranges "
+                                                "(--search random --trials N).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of the random draws and of TPE (default 0).")]
+    = None,
     command: Annotated[str | None, typer.Option("--command", help="train | simulate (default: from the config).")]
     = None,
     metric: Annotated[str | None, typer.Option("--metric", help="Metric to rank by (default test_accuracy for "
                                                "train, mean_firing_rate for simulate).")] = None,
     goal: Annotated[str | None, typer.Option("--goal", help="max | min: which end of the metric is best.")] = None,
+    maximize: Annotated[str | None, typer.Option("--maximize", metavar="METRIC", help="Same as --metric METRIC "
+                                                 "--goal max (e.g. val_accuracy).")] = None,
+    minimize: Annotated[str | None, typer.Option("--minimize", metavar="METRIC", help="Same as --metric METRIC "
+                                                 "--goal min (e.g. test_loss).")] = None,
+    pruner: Annotated[str | None, typer.Option("--pruner", help="none | median | halving: stop training members "
+                                               "whose validation score per epoch is hopeless (default none).")]
+    = None,
+    prune_after: Annotated[int | None, typer.Option("--prune-after", metavar="N", min=0, help="Median pruner: "
+                                                    "members that finish before any is pruned (default 5).")]
+    = None,
     parallel: Annotated[int | None, typer.Option("--parallel", metavar="K", min=1, help="Members run at once "
                                                  "(cores/K threads each; one per GPU on CUDA).")] = None,
     set_: SetOption = None,
     device: DeviceOption = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Parent folder of sweep folders.")] = Path("outputs/sweep"),
+    storage: Annotated[str | None, typer.Option("--storage", metavar="URL", help="Keep the study in this database "
+                                                "(an SQLAlchemy URL, e.g. postgresql://user@host/db) instead of "
+                                                "study.db in the sweep folder, so other machines can --join it.")]
+    = None,
+    join: Annotated[str | None, typer.Option("--join", metavar="STUDY", help="Work on the study STUDY in "
+                                             "--storage: take its waiting members and run them here, into "
+                                             "--out/STUDY.")] = None,
+    heartbeat: Annotated[int | None, typer.Option("--heartbeat", metavar="SECONDS", min=1, help="How often a "
+                                                  "worker tells the storage it is alive; a member whose worker is "
+                                                  "silent for twice that is run again (default 30).")] = None,
     resume: Annotated[Path | None, typer.Option("--resume", metavar="SWEEP_DIR", help="Continue a stopped sweep: "
-                                                "finished members are kept, an interrupted one resumes.")] = None,
+                                                "finished members are kept, an interrupted one resumes, failed "
+                                                "ones run again.")] = None,
+    collect: Annotated[Path | None, typer.Option("--collect", metavar="SWEEP_DIR", help="Only write sweep.csv "
+                                                 "and the plots from the study (every worker's members) and list "
+                                                 "the member folders that are on other machines.")] = None,
 ) -> None:
-    """Run a config over a grid (or random draws) of values, each member its own run; rank them, plot the metric."""
-    from snnrun.commands import plan_sweep, run_sweep
-    from snnrun.sweep import load_plan
+    """Run a config over a grid, random draws or a TPE search of values, each member its own run; rank them,
+    plot the metric."""
+    from snnrun.commands import collect_sweep, join_sweep, plan_sweep, reopen_sweep, run_sweep, start_sweep
+    from snnrun.sweep import check_mode
 
-    if resume is not None:
-        if config is not None or grid or random_ or set_ or command or device:
-            raise ConfigError("--resume continues the sweep as planned; give only --parallel with it",
-                              source="snnrun sweep")
-        plan, base, name = load_plan(resume), None, resume.name
-    elif config is None:
-        raise ConfigError("give a config file (e.g. configs/sweep_time_steps.yaml) or --resume SWEEP_DIR",
-                          source="snnrun sweep")
-    else:
+    given = [flag for flag, value in (
+        ("--grid", grid), ("--range", range_), ("--search", search), ("--trials", trials), ("--random", random_),
+        ("--seed", seed), ("--command", command), ("--metric", metric), ("--goal", goal), ("--maximize", maximize),
+        ("--minimize", minimize), ("--pruner", pruner), ("--prune-after", prune_after), ("--set", set_),
+        ("--device", device), ("--parallel", parallel), ("--heartbeat", heartbeat)) if value]
+    mode = check_mode(config, resume, join, collect, storage, given)
+    if mode == "collect":
+        run = collect_sweep(reopen_sweep(collect, storage))
+        _sweep_report(run)
+        return
+    if mode == "new":
         base, plan = plan_sweep(config, grid or [], set_ or [], device, random_, seed, command, metric, goal,
-                                parallel)
-        name = str(base.get("name") or config.stem)
+                                parallel, ranges=range_ or [], search=search, trials=trials, maximize=maximize,
+                                minimize=minimize, pruner=pruner, prune_after=prune_after)
+        opened = start_sweep(base, plan, out_dir, str(base.get("name") or config.stem), storage, heartbeat)
+        if storage:
+            err.print(f"study {opened.plan.study}; other machines join it with:\n  snnrun sweep --storage URL "
+                      f"--join {opened.plan.study}", highlight=False, soft_wrap=True)
+    elif mode == "join":
+        opened = join_sweep(storage, join, out_dir, device, heartbeat)
+    else:
+        opened = reopen_sweep(resume, storage, heartbeat)
     stop = StopFlag(abort_on_second=False)
     with stop.installed(), progress_bar() as bar:
-        task = bar.add_task("sweep", total=len(plan.members))
+        task = bar.add_task("sweep", total=opened.plan.size)
 
         def started(member) -> None:
             bar.console.print(f"[dim]start {member.name}[/dim]", highlight=False)
 
         def done(outcome) -> None:
             bar.advance(task)
-            mark = {"done": "[green]done[/green]", "skipped": "[dim]done before[/dim]",
-                    "interrupted": "[yellow]interrupted[/yellow]"}.get(outcome.status,
-                                                                       f"[red]{outcome.status}[/red]")
+            if outcome.status == "skipped":
+                mark = "[dim]pruned before[/dim]" if outcome.pruned_at else "[dim]done before[/dim]"
+            elif outcome.status == "pruned":
+                mark = f"[yellow]pruned after epoch {outcome.pruned_at}[/yellow]"
+            else:
+                mark = {"done": "[green]done[/green]", "interrupted": "[yellow]interrupted[/yellow]"}.get(
+                    outcome.status, f"[red]{outcome.status}[/red]")
             took = f" in {outcome.seconds:.1f} s" if outcome.status != "skipped" else ""
             bar.console.print(f"{mark} {outcome.member.name}{took}", highlight=False)
 
-        run = run_sweep(base, plan, out_dir, name, resume, parallel, started, done, stop.is_set)
-    out.print(_sweep_table(run))
+        run = run_sweep(opened, parallel, started, done, stop.is_set, retry_failed=mode == "resume")
     failed = [o for o in run.outcomes if o.status in ("failed", "error")]
     for outcome in failed:
         err.print(f"[bold red]error:[/bold red] member {outcome.member.name} exited with {outcome.exit_code}; "
                   f"see {run.folder / 'logs' / f'{outcome.member.index:03d}.log'}", soft_wrap=True)
     if run.stopped:
         err.print(f"[yellow]sweep stopped.[/yellow] Continue with:\n  snnrun sweep --resume {run.folder}")
-    print(run.folder, flush=True)
+    _sweep_report(run)
     if run.stopped:
         raise typer.Exit(stop.exit_code)
     if failed:
         raise typer.Exit(1)
 
 
+def _sweep_report(run) -> None:
+    """The ranked table on stdout, notes and members kept on other machines on stderr, the folder last."""
+    out.print(_sweep_table(run))
+    for note in run.notes:
+        err.print(f"[dim]{escape(note)}[/dim]", highlight=False, soft_wrap=True)
+    if run.elsewhere:
+        err.print(f"{len(run.elsewhere)} member folders are on other workers (copy them in to have them here):",
+                  highlight=False)
+        for name, host, folder in run.elsewhere:
+            err.print(f"  {name}: {host}:{folder}", highlight=False, soft_wrap=True)
+    print(run.folder, flush=True)
+
+
 def _sweep_table(run) -> Table:
     from snnrun import sweep as sweeps
 
     plan = run.plan
-    table = Table(title=f"{run.folder.name}: {len(plan.members)} members, by {plan.metric} ({plan.goal} first)")
+    table = Table(title=f"{run.folder.name}: {len(run.rows)} members, by {plan.metric} ({plan.goal} first)")
     table.add_column("rank", justify="right")
     table.add_column("member")
     short = sweeps.short_names(plan.keys)
@@ -476,12 +545,14 @@ def _sweep_table(run) -> Table:
     for column in (plan.metric, extra):
         table.add_column(column.replace("_", " "), justify="right")
     for rank, row in enumerate(run.rows, 1):
-        if row["status"] != "done":
+        if row["status"] == "pruned":
+            cells = [f"pruned after epoch {row.get('pruned_at_epoch')}", ""]
+        elif row["status"] != "done":
             cells = [row["status"], ""]
         else:
             cells = [_fmt(row.get(plan.metric)), _fmt(row.get(extra))]
         table.add_row(str(rank) if row["status"] == "done" else "–", row["member"][:3],
-                      *[str(row[key]) for key in plan.keys], *cells)
+                      *[str(row.get(key, "")) for key in plan.keys], *cells)
     return table
 
 

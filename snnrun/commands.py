@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from snnrun import compare, distributed, event_data, neurons, nir_graph, plots
+from snnrun import compare, distributed, event_data, neurons, nir_graph, plots, trials
 from snnrun import sweep as sweeps
 from snnrun.config import (
     ConfigError,
@@ -618,27 +618,40 @@ def run_evaluation(path: Path, split: str = "test", device: str | None = None,
 
 
 @dataclass
+class SweepStudy:
+    """A sweep folder with its study open: what a worker runs, or collects."""
+
+    folder: Path
+    plan: sweeps.Plan
+    study: object  # optuna.Study
+    storage: object  # its optuna.storages.RDBStorage
+
+
+@dataclass
 class SweepRun:
     folder: Path
     plan: sweeps.Plan
-    outcomes: list[sweeps.Outcome]
+    outcomes: list[trials.Outcome]
     rows: list[dict]  # best first by the plan's metric
     stopped: bool
+    notes: list[str]  # members queued again, plots skipped
+    elsewhere: list[tuple[str, str, str]]  # (member, host, folder) of finished members another worker wrote
 
 
 def plan_sweep(path: Path, grid: list[str], overrides: list[str], device: str | None = None,
                samples: int | None = None, seed: int | None = None, command: str | None = None,
-               metric: str | None = None, goal: str | None = None,
-               parallel: int | None = None) -> tuple[dict, sweeps.Plan]:
-    """The base config (the file without its sweep section, --set applied) and the plan; every member's config
-    is checked now, so a bad value fails before anything runs."""
+               metric: str | None = None, goal: str | None = None, parallel: int | None = None,
+               **search) -> tuple[dict, sweeps.Plan]:
+    """The base config (the file without its sweep section, --set applied) and the plan; every planned member's
+    config is checked now (for a TPE search: each range's ends and each choice), so a bad value fails before
+    anything runs. `search`: make_plan's options (ranges, search, trials, maximize, minimize, pruner, prune_after)."""
     path = config_path(path)
-    config, plan = sweeps.make_plan(path, grid, samples, seed, command, metric, goal, parallel)
+    config, plan = sweeps.make_plan(path, grid, samples, seed, command, metric, goal, parallel, **search)
     kinds = TRAIN_KINDS if plan.command == "train" else SIMULATION_KINDS
     config = apply_overrides(switch_kinds(config, overrides, kinds, str(path))[0], overrides)
     plan.device = device
     parse_config = parse_train if plan.command == "train" else parse_simulation
-    for member in plan.members:
+    for member in plan.members or sweeps.probes(plan.axes):
         data = apply_overrides(switch_kinds(config, member.overrides, kinds, str(path))[0], member.overrides)
         if device is not None:
             data["device"] = device
@@ -657,32 +670,95 @@ def plan_sweep(path: Path, grid: list[str], overrides: list[str], device: str | 
     return config, plan
 
 
-def run_sweep(config: dict | None, plan: sweeps.Plan, out: Path, name: str, resume: Path | None = None,
-              parallel: int | None = None, on_start=None, on_done=None,
-              should_stop: Callable[[], bool] = lambda: False) -> SweepRun:
-    """Run a planned sweep into a new folder under `out` (or continue the sweep folder `resume`), then write
-    sweep.csv and sweep.png."""
-    if resume is None:
-        ensure_writable(out)
-        folder = claim_run_dir(out, name)
-        sweeps.save_plan(folder, config, plan)
+def start_sweep(config: dict, plan: sweeps.Plan, out: Path, name: str, storage: str | None = None,
+                heartbeat: int | None = None) -> SweepStudy:
+    """A new sweep folder under `out` and its study, in study.db there or in the storage URL given (opened
+    first: a bad URL fails before any folder is made). The study is named after the folder."""
+    plan.storage, plan.heartbeat = storage, heartbeat or plan.heartbeat
+    opened = trials.open_storage(storage, plan.heartbeat) if storage else None
+    ensure_writable(out)
+    folder = claim_run_dir(out, name)
+    plan.study = folder.name
+    try:
+        opened = opened or trials.open_storage(sweeps.storage_url(folder, plan), plan.heartbeat, str(folder))
+        study = trials.create_study(opened, plan, config)
+    except UserError:
+        shutil.rmtree(folder)  # (nothing in it yet)
+        raise
+    sweeps.save_plan(folder, config, plan)
+    return SweepStudy(folder, plan, study, opened)
+
+
+def reopen_sweep(folder: Path, storage: str | None = None, heartbeat: int | None = None) -> SweepStudy:
+    """A sweep folder's study, opened again (`--resume`, `--collect`); `storage` where sweep.json's URL lacks
+    its password."""
+    plan = sweeps.load_plan(folder)
+    ensure_writable(folder)
+    plan.heartbeat = heartbeat or plan.heartbeat
+    url = storage or plan.storage or sweeps.storage_url(folder, plan)
+    if storage is None and plan.storage is None and not (folder / sweeps.STUDY_FILE).is_file():
+        raise RunFolderError(f"no {sweeps.STUDY_FILE} in the sweep folder (and no --storage)", source=str(folder))
+    opened = trials.open_storage(url, plan.heartbeat, "--storage" if storage else str(folder / "sweep.json"))
+    trials.read_study(opened, plan.study, source=str(folder / "sweep.json"))  # (a clear error if it is gone)
+    plan.storage = storage or plan.storage
+    return SweepStudy(folder, plan, trials.open_study(opened, plan), opened)
+
+
+def join_sweep(storage: str, name: str, out: Path, device: str | None = None,
+               heartbeat: int | None = None) -> SweepStudy:
+    """Join the study `name` in the storage as one more worker, writing into `out/<name>/` (the same folder as
+    the other workers' where `out` is a shared filesystem; a folder of its own elsewhere)."""
+    config, plan = trials.read_study(trials.open_storage(storage), name)
+    plan.storage, plan.heartbeat = storage, heartbeat or plan.heartbeat
+    if device is not None:
+        plan.device = device
+        resolve_device(device, source="--device")
+    opened = trials.open_storage(storage, plan.heartbeat)
+    folder = out / name
+    if (folder / "sweep.json").is_file():
+        if sweeps.load_plan(folder).study != name:
+            raise RunFolderError(f"a sweep folder of another study; give another --out than {out}", source=str(folder))
+    elif folder.is_dir() and any(folder.iterdir()):
+        raise RunFolderError("the folder is not empty and not this study's sweep folder", source=str(folder))
     else:
-        folder = resume
-        ensure_writable(folder)
-    gpus = 0
+        ensure_writable(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        sweeps.save_plan(folder, config, plan)
+    ensure_writable(folder)
+    return SweepStudy(folder, plan, trials.open_study(opened, plan, joined=True), opened)
+
+
+def run_sweep(sweep: SweepStudy, parallel: int | None = None, on_start=None, on_done=None,
+              should_stop: Callable[[], bool] = lambda: False, retry_failed: bool = False) -> SweepRun:
+    """Run the study's waiting members in this worker until none is left, then write sweep.csv and the plots.
+    retry_failed (`--resume`): members that failed before are queued again."""
+    folder, plan = sweep.folder, sweep.plan
     base = parse_train if plan.command == "train" else parse_simulation
     device = resolve_device(plan.device or base(load_yaml(folder / "base.yaml"), "base.yaml").device)
-    if device.type == "cuda":
-        gpus = torch.cuda.device_count()
-    outcomes = sweeps.run_members(folder, plan, parallel or plan.parallel, gpus, on_start, on_done, should_stop)
-    rows = sweeps.collect(folder, plan, outcomes)
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    ran = trials.run_members(folder, plan, sweep.study, sweep.storage, parallel or plan.parallel, gpus, on_start,
+                             on_done, should_stop, retry_failed)
+    stopped = should_stop() or any(o.status == "interrupted" for o in ran.outcomes)
+    return collect_sweep(sweep, ran, stopped)
+
+
+def collect_sweep(sweep: SweepStudy, ran: trials.Sweep | None = None, stopped: bool = False) -> SweepRun:
+    """sweep.csv, sweep.png and Optuna's plots of the whole study (every worker's members) in the sweep folder."""
+    folder, plan, study = sweep.folder, sweep.plan, sweep.study
+    ran = ran or trials.Sweep()
+    rows = trials.collect(study, plan)
     write_csv(folder / "sweep.csv", rows)
+    if ran.error is not None:
+        raise ran.error
+    notes = list(ran.notes)
     if any(row["status"] == "done" for row in rows):
         sweeps.check_metric(rows, plan.metric)
-        plots.sweep(rows, plan.keys, plan.metric, folder / "sweep.png", folder.name,
-                    sweeps.metric_label(folder, plan, rows), heat_map=plan.random is None)
-    stopped = should_stop() or any(o.status == "interrupted" for o in outcomes)
-    return SweepRun(folder, plan, outcomes, sweeps.ranked(rows, plan.metric, plan.goal), stopped)
+        label = sweeps.metric_label(folder, plan, rows)
+        plots.sweep([r for r in rows if r["status"] == "done"], plan.keys, plan.metric, folder / "sweep.png",
+                    folder.name, label, heat_map=plan.search == "grid")
+        notes += plots.study(study, folder, folder.name, label, per_epoch=plan.command == "train")
+    return SweepRun(folder, plan, ran.outcomes, sweeps.ranked(rows, plan.metric, plan.goal), stopped, notes,
+                    trials.elsewhere(folder, study))
 
 
 # --------------------------------------------------------------------------- compare

@@ -639,3 +639,40 @@ def _ordered(values: set) -> list:
             return (1, 0.0, str(value))
 
     return sorted(values, key=key)
+
+
+def study(study, folder: Path, title: str = "", label: str = "", per_epoch: bool = True) -> list[str]:
+    """Optuna's own views of a sweep's study, beside sweep.png: optimization_history.png (each member's metric
+    in the order they finished, and the best so far), param_importances.png (how much of the metric's variance
+    each swept key explains: fANOVA, which needs scikit-learn) and, for training sweeps, intermediate_values.png
+    (each member's per-epoch score; pruned members' lines stop where they were stopped). Returns a note for each
+    one that could not be drawn (too few finished members, no scikit-learn)."""
+    import warnings
+
+    from optuna.trial import TrialState
+    from optuna.visualization import matplotlib as views
+
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    label = label or "metric"
+    notes = []
+    jobs = [("optimization_history.png", lambda: views.plot_optimization_history(study, target_name=label))]
+    if len(finished) >= 2 and any(len({repr(t.params.get(k)) for t in finished}) > 1 for k in finished[0].params):
+        jobs.append(("param_importances.png", lambda: views.plot_param_importances(study, target_name=label)))
+    else:
+        notes.append("param_importances.png not drawn: it needs two finished members with different values")
+    if per_epoch:
+        jobs.append(("intermediate_values.png", lambda: views.plot_intermediate_values(study)))
+    for name, draw in jobs:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Optuna marks its matplotlib views experimental
+                ax = draw()
+        except ImportError as error:
+            notes.append(f"{name} not drawn: {error} (pip install 'snnrun[sweep]')")
+            continue
+        except (ValueError, RuntimeError) as error:
+            notes.append(f"{name} not drawn: {error}")
+            continue
+        ax.set_title(f"{title}: {ax.get_title()}" if title else ax.get_title())
+        _save(ax.figure, folder / name)
+    return notes

@@ -1,18 +1,19 @@
-"""`sweep`: one config run over a grid (or seeded random draws) of values, each member its own run folder.
+"""`sweep`: one config run over many members, each its own run folder: planning them, and their results.
 
-A sweep folder `outputs/sweep/<YYYY-MM-DD_HH-MM-SS>_<name>/` holds
+A sweep folder `outputs/sweep/<YYYY-MM-DD_HH-MM-SS>_<name>/` (its name is its Optuna study's) holds
     base.yaml            the config every member starts from (the file's `sweep:` section removed, --set applied)
-    sweep.json           the plan: command, metric, and each member's overrides and folder name
+    sweep.json           the plan: command, search, axes, metric and goal, pruner, storage, study name
+    study.db             the study (SQLite: each member a trial), unless the plan names another storage
     <NNN>_<key=value...>/ each member's run folder, written by `snnrun train|simulate base.yaml --set ... --into`
+                         (pruned.json in it when the pruner stopped it)
     logs/<NNN>.log       each member's console output
-    sweep.csv, sweep.png the members' swept values, status and final metrics, written each time the sweep ends
+    sweep.csv, sweep.png the members' swept values, status and final metrics, from the study (every worker's)
+    optimization_history.png, param_importances.png, intermediate_values.png: Optuna's own views of the study
 
-Members run in child processes, one after another or `parallel` at a time (each with cores/parallel threads,
-or its own GPU), so a member that fails does not take the sweep down: a training member as its own `snnrun train`
-process, simulate members in `parallel` long-lived workers that import snnrun once and run member after member
-(a simulation takes milliseconds; a process start-up, seconds). Stopped and started again
-(`snnrun sweep --resume DIR`), a sweep skips finished members and resumes an interrupted training member from
-its checkpoint. This module plans, runs and collects; it prints nothing.
+A grid runs every combination of values (first key slowest); random draws are seeded, so the same seed gives
+the same members; both are planned (and every member's config checked) before anything runs. A TPE search
+plans only how many members; the sampler picks each one's values as it starts. `snnrun.trials` keeps the study
+and runs the members; this module plans and ranks, and prints nothing.
 """
 
 from __future__ import annotations
@@ -21,16 +22,8 @@ import contextlib
 import itertools
 import json
 import math
-import os
 import random
 import re
-import select
-import shutil
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,15 +33,21 @@ from snnrun.config import ConfigError, RunFolderError, dump_yaml, load_yaml
 from snnrun.runs import flatten, write_json, write_text
 
 COMMANDS = ("train", "simulate")
+SEARCHES = ("grid", "random", "tpe")
+PRUNERS = ("none", "median", "halving")
 DEFAULT_METRIC = {"train": "test_accuracy", "simulate": "mean_firing_rate"}
-SECTION_KEYS = ("command", "grid", "random", "seed", "metric", "goal", "parallel")
+EPOCH_KEYS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss")  # a training member's per-epoch scores
+SECTION_KEYS = ("command", "search", "grid", "ranges", "random", "trials", "seed", "metric", "goal", "pruner",
+                "prune_after", "parallel")
+HEARTBEAT_S = 30  # a worker's heartbeat for each trial it runs; silent for twice that, the trial is another's
+STUDY_FILE = "study.db"
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _RANGE = re.compile(rf"^\s*({_NUMBER})\s*:\s*({_NUMBER})\s*(?::\s*(log))?\s*$")
 
 
 @dataclass(frozen=True)
 class Axis:
-    """One swept key: a list of values (a grid axis, or choices for random draws), or a range LOW:HIGH."""
+    """One swept key: a list of values (a grid axis, or choices), or a range LOW:HIGH (log-uniform with log)."""
 
     key: str
     values: list | None = None
@@ -60,6 +59,11 @@ class Axis:
     def integer(self) -> bool:
         return isinstance(self.low, int) and isinstance(self.high, int)
 
+    @property
+    def encoded(self) -> bool:
+        """Choices Optuna cannot store as they are (lists, mappings) are stored as their YAML text."""
+        return self.values is not None and any(isinstance(v, (list, dict)) for v in self.values)
+
     def draw(self, rng: random.Random):
         if self.values is not None:
             return rng.choice(self.values)
@@ -68,6 +72,20 @@ class Axis:
         else:
             value = rng.uniform(self.low, self.high)
         return round(value) if self.integer else float(f"{value:.6g}")
+
+    def to_param(self, value):
+        return _flow(value) if self.encoded else value
+
+    def from_param(self, value):
+        return yaml.safe_load(value) if self.encoded else value
+
+    def suggest(self, trial):
+        """The trial's value for this key: its fixed value (a planned member) or the sampler's pick (TPE)."""
+        if self.values is not None:
+            return self.from_param(trial.suggest_categorical(self.key, [self.to_param(v) for v in self.values]))
+        if self.integer:
+            return trial.suggest_int(self.key, self.low, self.high, log=self.log)
+        return trial.suggest_float(self.key, self.low, self.high, log=self.log)
 
 
 @dataclass(frozen=True)
@@ -87,27 +105,44 @@ class Plan:
     metric: str
     goal: str  # max | min
     axes: list[Axis]
-    members: list[Member]
-    random: int | None = None
+    members: list[Member]  # planned up front (grid, random); none for tpe, whose sampler picks as trials start
+    search: str = "grid"
+    trials: int | None = None  # random and tpe: how many members
     seed: int = 0
     parallel: int = 1
     device: str | None = None
+    pruner: str = "none"
+    prune_after: int = 5  # median: members that finish before any is pruned
+    storage: str | None = None  # an SQLAlchemy URL (its password never written); None: study.db in the folder
+    study: str | None = None  # the study's name: the sweep folder's name where it was made
+    heartbeat: int = HEARTBEAT_S
 
     @property
     def keys(self) -> list[str]:
         return [axis.key for axis in self.axes]
+
+    @property
+    def size(self) -> int:
+        return len(self.members) if self.search != "tpe" else self.trials
+
+    @property
+    def report(self) -> str:
+        """What a training member reports each epoch for pruning: the metric itself where it is an epoch score,
+        else validation accuracy (maximising) or loss (minimising)."""
+        return self.metric if self.metric in EPOCH_KEYS else ("val_accuracy" if self.goal == "max" else "val_loss")
 
 
 # --------------------------------------------------------------------------- planning
 
 
 def parse_axis(text: str, source: str = "--grid") -> Axis:
-    """`KEY=[v1, v2, ...]` (values parsed as YAML) or `KEY=LOW:HIGH[:log]` (a range for random draws)."""
+    """`KEY=[v1, v2, ...]` (values parsed as YAML) or `KEY=LOW:HIGH[:log]` (a range)."""
     key, sep, value = text.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"{text!r} is not KEY=[v1,v2,...] or KEY=LOW:HIGH[:log] "
-                          "(e.g. --grid encoding.time_steps=[4,8,16])", source=source)
+        raise ConfigError(f"{text!r} is not KEY=[v1,v2,...] or KEY=LOW:HIGH[:log] (e.g. {source} "
+                          f"{'encoding.time_steps=[4,8,16]' if source == '--grid' else 'train.lr=1e-4:1e-2:log'})",
+                          source=source)
     match = _RANGE.match(value)
     if match:
         return make_axis(key, {"low": match[1], "high": match[2], "log": bool(match[3])}, source)
@@ -118,9 +153,9 @@ def parse_axis(text: str, source: str = "--grid") -> Axis:
     return make_axis(key, parsed, source)
 
 
-def make_axis(key: str, spec, source: str | None) -> Axis:
+def make_axis(key: str, spec, source: str | None, section: str = "grid") -> Axis:
     """An axis from a list of values or a {low, high, log} mapping (as written in a sweep section)."""
-    where = f"sweep.grid.{key}" if source != "--grid" else key
+    where = key if source in ("--grid", "--range") else f"sweep.{section}.{key}"
     if isinstance(spec, list):
         if not spec:
             raise ConfigError("an empty list of values; give at least one", source=source, key=where)
@@ -147,25 +182,37 @@ def _number(value):
 def expand(axes: list[Axis], samples: int | None = None, seed: int = 0) -> list[Member]:
     """Every combination of the axes' values (first axis slowest), or `samples` seeded random draws."""
     if not axes:
-        raise ConfigError("nothing to sweep: give --grid KEY=[v1,v2,...] or a sweep.grid section", source="sweep")
+        raise ConfigError("nothing to sweep: give --grid KEY=[v1,v2,...] (or --range KEY=LOW:HIGH) or a "
+                          "sweep.grid section", source="sweep")
     if samples is None:
         ranged = [axis.key for axis in axes if axis.values is None]
         if ranged:
-            raise ConfigError(f"a range needs random draws (--random N, or sweep.random: N): {', '.join(ranged)}",
-                              source="sweep", key=ranged[0])
+            raise ConfigError("a range needs random draws or a TPE search (--random N, or --search tpe --trials N): "
+                              f"{', '.join(ranged)}", source="sweep", key=ranged[0])
         combos = [dict(zip([a.key for a in axes], values, strict=True))
                   for values in itertools.product(*(axis.values for axis in axes))]
     else:
         rng = random.Random(seed)
         combos = [{axis.key: axis.draw(rng) for axis in axes} for _ in range(samples)]
+    return [Member(i, member_name(i, short_values(axes, combo)), combo) for i, combo in enumerate(combos)]
+
+
+def probes(axes: list[Axis]) -> list[Member]:
+    """Members to check a TPE search's configs with before it runs: each range's two ends and each choice, the
+    other keys at their first value (or low end)."""
+    first = {axis.key: axis.values[0] if axis.values is not None else axis.low for axis in axes}
+    return [Member(0, f"{axis.key}={label(value)}", {**first, axis.key: value})
+            for axis in axes for value in (axis.values if axis.values is not None else [axis.low, axis.high])]
+
+
+def short_values(axes: list[Axis], values: dict) -> dict:
     short = short_names([axis.key for axis in axes])
-    return [Member(i, member_name(i, {short[k]: v for k, v in combo.items()}), combo)
-            for i, combo in enumerate(combos)]
+    return {short[key]: value for key, value in values.items()}
 
 
 def member_name(index: int, values: dict) -> str:
     """`003_time_steps=16_hidden=512`: the index, then each swept key's last part and value, path-safe."""
-    parts = [f"{key}={_label(value)}" for key, value in values.items()]
+    parts = [f"{key}={label(value)}" for key, value in values.items()]
     name = re.sub(r"[^A-Za-z0-9._=+-]+", "-", "_".join(parts)).strip("-.")
     return f"{index:03d}_{name[:120]}" if name else f"{index:03d}"
 
@@ -175,13 +222,13 @@ def short_names(keys: list[str]) -> dict[str, str]:
     return {key: (short if last.count(short) == 1 else key) for key, short in zip(keys, last, strict=True)}
 
 
-def _label(value) -> str:
+def label(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, list):
-        return "-".join(_label(v) for v in value) or "none"
+        return "-".join(label(v) for v in value) or "none"
     if isinstance(value, dict):
-        return "-".join(f"{k}{_label(v)}" for k, v in value.items())
+        return "-".join(f"{k}{label(v)}" for k, v in value.items())
     return str(value)
 
 
@@ -209,45 +256,160 @@ def infer_command(config: dict) -> str:
 
 def make_plan(config_path: Path, grid: list[str], samples: int | None = None, seed: int | None = None,
               command: str | None = None, metric: str | None = None, goal: str | None = None,
-              parallel: int | None = None) -> tuple[dict, Plan]:
+              parallel: int | None = None, *, ranges: list[str] = (), search: str | None = None,
+              trials: int | None = None, maximize: str | None = None, minimize: str | None = None,
+              pruner: str | None = None, prune_after: int | None = None) -> tuple[dict, Plan]:
     """(the base config, the plan) from a config file with an optional `sweep:` section and the command line's
-    options, which take precedence (a --grid key replaces the file's axis of the same key)."""
+    options, which take precedence (a --grid or --range key replaces the file's axis of the same key)."""
     source = str(config_path)
     config, section = split_sweep_section(load_yaml(config_path), source)
-    command = command or section.get("command") or infer_command(config)
+
+    def given(cli, key: str, flag: str):
+        """(value, source, key) of a setting: the command line's, else the sweep section's (None: neither)."""
+        if cli is not None:
+            return cli, flag, None
+        return section.get(key), source, f"sweep.{key}"
+
+    command, where, key = given(command, "command", "--command")
+    command = command or infer_command(config)
     if command not in COMMANDS:
-        raise ConfigError(f"{command!r} is not allowed; expected one of {', '.join(COMMANDS)}",
-                          source=source if "command" in section else "--command", key="sweep.command")
+        raise ConfigError(f"{command!r} is not allowed; expected one of {', '.join(COMMANDS)}", source=where, key=key)
     axes = {}
-    file_grid = section.get("grid") or {}
-    if not isinstance(file_grid, dict):
-        raise ConfigError("expected a mapping of dotted keys to lists of values", source=source, key="sweep.grid")
-    for key, spec in file_grid.items():
-        axes[key] = make_axis(str(key), spec, source)
-    for text in grid:
-        axis = parse_axis(text)
+    for name in ("grid", "ranges"):
+        spec = section.get(name) or {}
+        if not isinstance(spec, dict):
+            raise ConfigError("expected a mapping of dotted keys to lists of values or ranges", source=source,
+                              key=f"sweep.{name}")
+        for axis_key, axis_spec in spec.items():
+            axes[str(axis_key)] = make_axis(str(axis_key), axis_spec, source, name)
+    for text, flag in [*((t, "--grid") for t in grid), *((t, "--range") for t in ranges)]:
+        axis = parse_axis(text, flag)
         axes[axis.key] = axis
-    samples = samples if samples is not None else section.get("random")
+
+    samples, samples_at, samples_key = given(samples, "random", "--random")
+    trials, trials_at, trials_key = given(trials, "trials", "--trials")
+    search, search_at, search_key = given(search, "search", "--search")
     seed = seed if seed is not None else section.get("seed", 0)
     parallel = parallel if parallel is not None else section.get("parallel", 1)
-    for name, value, low in (("random", samples, 1), ("seed", seed, None), ("parallel", parallel, 1)):
+    prune_after, after_at, after_key = given(prune_after, "prune_after", "--prune-after")
+    for value, low, at, name in ((samples, 1, samples_at, samples_key), (trials, 1, trials_at, trials_key),
+                                 (seed, None, source, "sweep.seed"), (parallel, 1, source, "sweep.parallel"),
+                                 (prune_after, 0, after_at, after_key)):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)
                                   or (low is not None and value < low)):
-            raise ConfigError(f"{value!r} is not allowed; expected an integer" + (f" >= {low}" if low else ""),
-                              source=source, key=f"sweep.{name}")
+            raise ConfigError(f"{value!r} is not allowed; expected an integer" + (f" >= {low}" if low is not None
+                                                                                 else ""), source=at, key=name)
+    search = search or ("random" if samples is not None else "grid")
+    if search not in SEARCHES:
+        raise ConfigError(f"{search!r} is not allowed; expected one of {', '.join(SEARCHES)}", source=search_at,
+                          key=search_key)
+    if samples is not None:
+        if search != "random":
+            raise ConfigError(f"--random N draws members at random; it does not go with search {search} (use "
+                              "--trials N with --search tpe)", source=samples_at, key=samples_key)
+        if trials is not None and trials != samples:
+            raise ConfigError("give the number of random members once: --random N or --trials N", source=trials_at,
+                              key=trials_key)
+        trials = samples
+    if search == "grid" and trials is not None:
+        raise ConfigError("a grid runs every combination; --trials N is for --search random or tpe",
+                          source=trials_at, key=trials_key)
+    if search != "grid" and trials is None:
+        raise ConfigError(f"search {search} needs the number of members: --trials N", source=search_at,
+                          key=search_key)
+
+    metric, goal = metric_and_goal(metric, goal, maximize, minimize)
     metric = metric or section.get("metric") or DEFAULT_METRIC[command]
-    goal = goal or section.get("goal") or ("min" if re.search(r"loss|seconds|error", metric) else "max")
+    goal, goal_at, goal_key = given(goal, "goal", "--goal")
+    goal = goal or ("min" if re.search(r"loss|seconds|error", metric) else "max")
     if goal not in ("max", "min"):
-        raise ConfigError(f"{goal!r} is not allowed; expected max or min", source=source, key="sweep.goal")
-    members = expand(list(axes.values()), samples, seed)
-    return config, Plan(command, metric, goal, list(axes.values()), members, samples, seed, parallel)
+        raise ConfigError(f"{goal!r} is not allowed; expected max or min", source=goal_at, key=goal_key)
+
+    pruner, pruner_at, pruner_key = given(pruner, "pruner", "--pruner")
+    pruner = pruner or "none"
+    if pruner not in PRUNERS:
+        raise ConfigError(f"{pruner!r} is not allowed; expected one of {', '.join(PRUNERS)}", source=pruner_at,
+                          key=pruner_key)
+    if pruner != "none" and command != "train":
+        raise ConfigError("pruning stops members between epochs; a simulate sweep has none (pruner: none)",
+                          source=pruner_at, key=pruner_key)
+    if prune_after is not None and pruner != "median":
+        raise ConfigError("--prune-after is the median pruner's: give it with --pruner median", source=after_at,
+                          key=after_key)
+
+    axes = list(axes.values())
+    members = expand(axes, trials if search == "random" else None, seed) if search != "tpe" else []
+    if search == "tpe" and not axes:
+        expand(axes)  # the same error: nothing to sweep
+    plan = Plan(command, metric, goal, axes, members, search, trials, seed, parallel, pruner=pruner,
+                prune_after=5 if prune_after is None else prune_after)
+    return config, plan
+
+
+def metric_and_goal(metric: str | None, goal: str | None, maximize: str | None,
+                    minimize: str | None) -> tuple[str | None, str | None]:
+    """--maximize M and --minimize M are --metric M with --goal max or min; given with either, they conflict."""
+    if maximize and minimize:
+        raise ConfigError("give one of --maximize METRIC and --minimize METRIC", source="--minimize")
+    wanted = maximize or minimize
+    if wanted is None:
+        return metric, goal
+    flag = "--maximize" if maximize else "--minimize"
+    if metric is not None or goal is not None:
+        raise ConfigError(f"{flag} METRIC names the metric and its goal; leave out --metric and --goal",
+                          source=flag)
+    return wanted, "max" if maximize else "min"
+
+
+PLANNING = ("--grid", "--range", "--search", "--trials", "--random", "--seed", "--command", "--metric", "--goal",
+            "--maximize", "--minimize", "--pruner", "--prune-after", "--set")
+
+
+def check_mode(config, resume, join, collect, storage, given: list[str]) -> str:
+    """new, resume, join or collect: what `snnrun sweep` is asked to do. `given`: the other options given.
+    Options that do not go together are a clear error naming them."""
+    modes = [name for name, value in (("CONFIG", config), ("--resume", resume), ("--join", join),
+                                      ("--collect", collect)) if value is not None]
+    if not modes:
+        raise ConfigError("give a config file (e.g. configs/sweep_time_steps.yaml), --resume SWEEP_DIR, "
+                          "--join STUDY (with --storage URL) or --collect SWEEP_DIR", source="snnrun sweep")
+    if len(modes) > 1:
+        raise ConfigError(f"{modes[0]} and {modes[1]} do not go together: start a sweep from a config, or continue "
+                          "(--resume), join (--join) or collect (--collect) one", source=modes[1])
+    mode = {"CONFIG": "new", "--resume": "resume", "--join": "join", "--collect": "collect"}[modes[0]]
+    if mode == "join" and storage is None:
+        raise ConfigError("--join STUDY needs --storage URL, the database that holds the study (e.g. --storage "
+                          "postgresql://user@host/snnrun)", source="--join")
+    if mode != "new":
+        planned = [flag for flag in given if flag in PLANNING]
+        if planned:
+            raise ConfigError(f"{modes[0]} takes the plan from the study; leave out {', '.join(planned)}",
+                              source=planned[0])
+        allowed = {"resume": ("--parallel", "--heartbeat"), "join": ("--parallel", "--heartbeat", "--device"),
+                   "collect": ()}[mode]
+        other = [flag for flag in given if flag not in allowed]
+        if other:
+            raise ConfigError(f"{other[0]} does not go with {modes[0]} (allowed with it: "
+                              f"{', '.join(('--storage', *allowed))})", source=other[0])
+    return mode
+
+
+def plan_dict(plan: Plan) -> dict:
+    data = asdict(plan)
+    data["members"] = [dict(asdict(m), overrides=m.overrides) for m in plan.members]
+    return data
+
+
+def plan_from_dict(data: dict) -> Plan:
+    data = dict(data)
+    axes = [Axis(**axis) for axis in data.pop("axes")]
+    members = [Member(m["index"], m["name"], m["values"]) for m in data.pop("members")]
+    return Plan(axes=axes, members=members, **data)
 
 
 def save_plan(folder: Path, config: dict, plan: Plan) -> None:
     write_text(folder / "base.yaml", dump_yaml(config))
-    data = asdict(plan)
-    data["members"] = [dict(asdict(m), overrides=m.overrides) for m in plan.members]
-    write_json(folder / "sweep.json", data)
+    write_json(folder / "sweep.json", {**plan_dict(plan), "storage": public_url(plan.storage)})
 
 
 def load_plan(folder: Path) -> Plan:
@@ -256,243 +418,65 @@ def load_plan(folder: Path) -> Plan:
         raise RunFolderError("not a sweep folder (no sweep.json)", source=str(folder))
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        axes = [Axis(**axis) for axis in data.pop("axes")]
-        members = [Member(m["index"], m["name"], m["values"]) for m in data.pop("members")]
-        return Plan(axes=axes, members=members, **data)
-    except (ValueError, KeyError, TypeError) as error:
+    except ValueError as error:
+        raise RunFolderError(f"sweep.json is damaged ({error})", source=str(path)) from None
+    if isinstance(data, dict) and "search" not in data:
+        raise RunFolderError("this sweep was made by an snnrun from before sweeps kept an Optuna study; its member "
+                             "folders are complete runs, but it cannot be continued (start the sweep again)",
+                             source=str(folder))
+    try:
+        return plan_from_dict(data)
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise RunFolderError(f"sweep.json is damaged ({error})", source=str(path)) from None
 
 
-# --------------------------------------------------------------------------- running
+def public_url(url: str | None) -> str | None:
+    """A storage URL as written down: without its password (PostgreSQL can read that from ~/.pgpass)."""
+    if url is None:
+        return None
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
-def member_state(folder: Path, command: str) -> str:
-    """done, resumable (a training member with a checkpoint) or new."""
-    if (folder / ("summary.json" if command == "train" else "metrics.json")).is_file():
-        return "done"
-    if command == "train" and (folder / "checkpoints" / "last.pt").is_file():
-        return "resumable"
-    return "new"
-
-
-def member_command(folder: Path, plan: Plan, member: Member) -> list[str]:
-    """The member's `snnrun` arguments (a training member with a checkpoint resumes from it)."""
-    target = folder / member.name
-    if member_state(target, plan.command) == "resumable":
-        return ["train", "--resume", str(target)]
-    device = ["--device", plan.device] if plan.device else []
-    sets = [a for item in member.overrides for a in ("--set", item)]
-    return [plan.command, str(folder / "base.yaml"), *sets, *device, "--into", str(target)]
-
-
-@dataclass
-class Outcome:
-    member: Member
-    status: str  # done, skipped (done before), failed, error, interrupted
-    exit_code: int | None
-    seconds: float
-
-
-STATUS = {0: "done", 130: "interrupted", 143: "interrupted", 2: "error"}  # by exit code; any other: failed
-
-
-def run_members(folder: Path, plan: Plan, parallel: int, gpus: int = 0,
-                on_start: Callable[[Member], None] | None = None,
-                on_done: Callable[[Outcome], None] | None = None,
-                should_stop: Callable[[], bool] = lambda: False) -> list[Outcome]:
-    """Run every member not yet done, `parallel` at a time (at most one per GPU when there are GPUs);
-    when should_stop() turns true, running members are asked to stop (SIGINT: a training member saves a
-    checkpoint) and no new ones start.
-
-    A training member runs as its own `snnrun train` process. Simulate members, which take a fraction of a
-    second, run in `parallel` long-lived worker processes (`serve`) that import snnrun once and take members one
-    after another, so that a member does not pay a process start-up (seconds: torch, matplotlib) each."""
-    if gpus:
-        parallel = min(parallel, gpus)
-    threads = max(1, (os.cpu_count() or 1) // parallel)
-    outcomes: list[Outcome] = []
-    pending = []
-    for member in plan.members:
-        if member_state(folder / member.name, plan.command) == "done":
-            outcome = Outcome(member, "skipped", 0, 0.0)
-            outcomes.append(outcome)
-            if on_done:
-                on_done(outcome)
-        else:
-            pending.append(member)
-    (folder / "logs").mkdir(exist_ok=True)
-    workers: dict[int, _Worker] = {}  # simulate: by slot
-    running: dict[int, tuple[_Process | _Worker, Member, float]] = {}  # by slot (a GPU's number)
-    stopping = False
-    try:
-        while pending or running:
-            if not stopping and should_stop():
-                stopping = True
-                for process, *_ in running.values():
-                    process.interrupt()
-            while pending and not stopping and len(running) < parallel:
-                slot = min(set(range(parallel)) - set(running))
-                member = pending.pop(0)
-                target = folder / member.name
-                if member_state(target, plan.command) == "new" and target.exists():
-                    shutil.rmtree(target)  # stopped before its first checkpoint: nothing in it to keep
-                env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-                if gpus:
-                    env["CUDA_VISIBLE_DEVICES"] = str(slot)
-                log = folder / "logs" / f"{member.index:03d}.log"
-                args = member_command(folder, plan, member)
-                if plan.command == "simulate":
-                    if slot not in workers or not workers[slot].alive:
-                        if slot in workers:
-                            workers[slot].close()  # (it has exited: its member was reported)
-                        workers[slot] = _Worker(env, log)
-                    workers[slot].submit(args, log)
-                    running[slot] = (workers[slot], member, time.monotonic())
-                else:
-                    running[slot] = (_Process(args, env, log), member, time.monotonic())
-                if on_start:
-                    on_start(member)
-            if stopping and not running:
-                break
-            _wait([process for process, *_ in running.values()], 0.1)
-            for slot, (process, member, began) in list(running.items()):
-                code = process.poll()
-                if code is None:
-                    continue
-                del running[slot]
-                outcome = Outcome(member, STATUS.get(code, "failed"), code, time.monotonic() - began)
-                outcomes.append(outcome)
-                if on_done:
-                    on_done(outcome)
-    finally:
-        for slot, worker in workers.items():
-            worker.close(interrupt=slot in running)
-    return sorted(outcomes, key=lambda o: o.member.index)
-
-
-def _wait(processes: list, timeout: float) -> None:
-    """Sleep until a worker has something to say, or timeout seconds (a child process is polled)."""
-    pipes = [p.reply for p in processes if isinstance(p, _Worker) and p.alive]
-    if pipes:
-        select.select(pipes, [], [], timeout)
-    else:
-        time.sleep(timeout)
-
-
-class _Process:
-    """One member as its own `snnrun` process, in its own session (only the sweep passes Ctrl-C on)."""
-
-    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
-        with open(log, "a", encoding="utf-8") as handle:
-            self.process = subprocess.Popen([sys.executable, "-m", "snnrun", *args], stdout=handle, stderr=handle,
-                                            stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-
-    def poll(self) -> int | None:
-        return self.process.poll()
-
-    def interrupt(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGINT)
-
-
-WORKER = "from snnrun.worker import serve; serve()"
-
-
-class _Worker:
-    """A long-lived process running simulate members one after another (`serve`), in its own session.
-
-    The sweep writes one member's arguments and log file per line to its stdin, and reads back one exit code per
-    member from its stdout. A worker that dies (killed, crashed) fails the member it held; the next member in
-    its slot gets a new worker."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        with open(log, "a", encoding="utf-8") as handle:  # where an interpreter that cannot start says why
-            self.process = subprocess.Popen([sys.executable, "-c", WORKER], stdin=subprocess.PIPE,
-                                            stdout=subprocess.PIPE, stderr=handle, env=env, start_new_session=True)
-        self.reply = self.process.stdout.fileno()
-        os.set_blocking(self.reply, False)
-        self.buffer = b""
-        self.alive = True
-
-    def submit(self, args: list[str], log: Path) -> None:
-        try:
-            self.process.stdin.write(json.dumps({"args": args, "log": str(log)}).encode() + b"\n")
-            self.process.stdin.flush()
-        except OSError:  # it has died: poll() reports its exit
-            pass
-
-    def poll(self) -> int | None:
-        """The member's exit code once it has finished, else None."""
-        try:
-            chunk = os.read(self.reply, 4096)
-        except BlockingIOError:
-            return None
-        self.buffer += chunk
-        if b"\n" in self.buffer:
-            line, _, self.buffer = self.buffer.partition(b"\n")
-            code = int(line)
-            if code in (130, 143):  # it stops after an interrupted member
-                self.alive = False
-            return code
-        if chunk:
-            return None
-        self.alive = False  # the end of its output: the worker has exited, the member with it
-        code = self.process.wait()
-        return code if code != 0 else 1
-
-    def interrupt(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGINT)
-
-    def close(self, interrupt: bool = False) -> None:
-        """End the worker: it finishes its member (unless interrupted) and exits when its input closes."""
-        if interrupt:
-            self.interrupt()
-        with contextlib.suppress(OSError):
-            self.process.stdin.close()
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.process.stdout.close()
-        self.alive = False
+def storage_url(folder: Path, plan: Plan) -> str:
+    return plan.storage or f"sqlite:///{(folder / STUDY_FILE).resolve()}"
 
 
 # --------------------------------------------------------------------------- results
 
 
+def read_epochs(path: Path) -> list[dict]:
+    """The epoch records of a member's metrics.jsonl so far (rewritten whole, atomically, after each epoch)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    records = []
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            records.append(json.loads(line))
+    return records
+
+
 def member_metrics(folder: Path, command: str) -> dict:
-    """A finished member's final scalar metrics (lists become name_1, name_2, ...)."""
+    """A finished member's final scalar metrics (lists become name_1, name_2, ...); a training member's also
+    hold its last epoch's scores (val_accuracy, val_loss, train_accuracy, train_loss)."""
     if command == "train":
         data = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
         data.pop("weights_sha256", None)
+        last = (read_epochs(folder / "metrics.jsonl") or [{}])[-1]
+        data.update({key: last[key] for key in EPOCH_KEYS if key in last})
     else:
         metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
         data = dict(metrics["population"], simulation_seconds=metrics.get("simulation_seconds"))
     return {k: v for k, v in flatten(data).items() if v is None or isinstance(v, (int, float))}
 
 
-def collect(folder: Path, plan: Plan, outcomes: list[Outcome]) -> list[dict]:
-    """One row per member: index, member, status, the swept values, then its metrics."""
-    status = {o.member.index: o.status for o in outcomes}
-    rows = []
-    for member in plan.members:
-        state = status.get(member.index, "not run")
-        done = member_state(folder / member.name, plan.command) == "done"
-        row = {"index": member.index, "member": member.name, "status": "done" if done else state}
-        row.update({key: _label(value) if isinstance(value, (list, dict)) else value
-                    for key, value in member.values.items()})
-        if done:
-            row.update(member_metrics(folder / member.name, plan.command))
-        rows.append(row)
-    return rows
-
-
 def metric_label(folder: Path, plan: Plan, rows: list[dict]) -> str:
     """The metric's name for an axis, with its unit where a simulate member's metrics.json gives one."""
     label = plan.metric.replace("_", " ")
-    done = [r for r in rows if r["status"] == "done"]
+    done = [r for r in rows if r["status"] == "done" and (folder / r["member"] / "metrics.json").is_file()]
     if plan.command != "simulate" or not done:
         return label
     units = json.loads((folder / done[0]["member"] / "metrics.json").read_text(encoding="utf-8")).get("units", {})
@@ -501,8 +485,8 @@ def metric_label(folder: Path, plan: Plan, rows: list[dict]) -> str:
 
 
 def ranked(rows: list[dict], metric: str, goal: str) -> list[dict]:
-    """Finished rows best first by the metric; rows without it last."""
-    have = [r for r in rows if isinstance(r.get(metric), (int, float))]
+    """Finished rows best first by the metric; the others (pruned, failed, not run) after them."""
+    have = [r for r in rows if r["status"] == "done" and isinstance(r.get(metric), (int, float))]
     rest = [r for r in rows if r not in have]
     return sorted(have, key=lambda r: r[metric], reverse=goal == "max") + rest
 
@@ -511,6 +495,6 @@ def check_metric(rows: list[dict], metric: str) -> None:
     """A metric no finished member has is a clear error naming the ones there are."""
     finished = [r for r in rows if r["status"] == "done"]
     if finished and metric not in finished[0]:
-        names = [k for k in finished[0] if k not in ("index", "member", "status")]
+        names = [k for k in finished[0] if k not in ("index", "member", "status", "host")]
         raise ConfigError(f"{metric!r} is not a metric of these runs; available: {', '.join(names)}",
                           source="--metric")

@@ -10,6 +10,9 @@ environment). Nothing happens unless SNNRUN_TEST_HOLD names a point:
     checkpoint-write:N  inside the N-th write of last.pt: half its bytes are in the temporary file, flushed to disk
     plotting            curves.png drawn, the other plots not yet
 
+With SNNRUN_TEST_HOLD_ONLY set, only a process whose command line contains that text holds (one sweep member,
+say, by its folder's name); the others run as usual.
+
 On reaching it the process creates the file SNNRUN_TEST_HOLD_MARKER and waits there. At `checkpoint` and
 `batch` it waits until its stop flag is set (Ctrl-C or SIGTERM, `snnrun.cli.StopFlag`), then carries on,
 so it stops at its next batch boundary as it would have anyway; at the two faults it waits until it is killed.
@@ -131,7 +134,7 @@ def _install(point: str, marker: str) -> None:
 
 
 _chain_to_the_next_sitecustomize()
-if os.environ.get("SNNRUN_TEST_HOLD"):
+if os.environ.get("SNNRUN_TEST_HOLD") and os.environ.get("SNNRUN_TEST_HOLD_ONLY", "") in " ".join(sys.orig_argv):
     try:
         _install(os.environ["SNNRUN_TEST_HOLD"], os.environ["SNNRUN_TEST_HOLD_MARKER"])
     except BaseException:  # a process asked to hold that cannot must not run on as if nothing were asked
