@@ -159,7 +159,7 @@ def make_axis(key: str, spec, source: str | None, section: str = "grid") -> Axis
     if isinstance(spec, list):
         if not spec:
             raise ConfigError("an empty list of values; give at least one", source=source, key=where)
-        return Axis(key, values=spec)
+        return Axis(key, values=[_number(v) for v in spec])  # (2e-3 is a float, not YAML 1.1's string)
     if isinstance(spec, dict) and set(spec) <= {"low", "high", "log"} and {"low", "high"} <= set(spec):
         low, high, log = _number(spec["low"]), _number(spec["high"]), spec.get("log", False)
         numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high))

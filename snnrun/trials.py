@@ -68,7 +68,7 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT_S, source: str = "--storag
         raise ConfigError("the storage URL's password is not kept in sweep.json: give --storage URL again, or keep "
                           "the password in ~/.pgpass (or PGPASSWORD) and leave it out of the URL", source=source)
     try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
+        return optuna.storages.RDBStorage(_with_driver(url), heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
                                           heartbeat_stale_trial_callback=retry_trial)
     except ImportError as error:
         raise ConfigError(f"cannot open {public_url(url)}: {error} (PostgreSQL needs the sweep extra: pip install "
@@ -78,6 +78,16 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT_S, source: str = "--storag
         raise ConfigError(f"cannot open the study storage {public_url(url)!r} ({reason[:300]}); expected an "
                           "SQLAlchemy URL such as postgresql://user@host/db or sqlite:///path/study.db",
                           source=source) from None
+
+
+def _with_driver(url: str) -> str:
+    """postgresql://... through psycopg (3, the sweep extra's driver) where it is installed: SQLAlchemy 2.0 would
+    otherwise look for psycopg2, 2.1 for psycopg."""
+    import importlib.util
+
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is not None:
+        return "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    return url
 
 
 def create_study(storage, plan: Plan, config: dict):
@@ -115,19 +125,24 @@ def read_study(storage, name: str, source: str = "--join") -> tuple[dict, Plan]:
 
 
 def open_study(storage, plan: Plan, joined: bool = False):
+    """The study again, for a worker that resumes or joins it."""
     optuna = _quiet_optuna()
-    return optuna.load_study(study_name=plan.study, storage=storage, sampler=make_sampler(plan, joined),
+    started = sum(1 for t in optuna.load_study(study_name=plan.study, storage=storage).get_trials(deepcopy=False)
+                  if t.params)
+    return optuna.load_study(study_name=plan.study, storage=storage, sampler=make_sampler(plan, joined, started),
                              pruner=make_pruner(plan))
 
 
-def make_sampler(plan: Plan, joined: bool = False):
-    """TPE for a tpe search (seeded; a worker that joins draws from a stream of its own, so that two workers do
-    not pick the same values); a planned member's values are all fixed, so its sampler is never asked."""
+def make_sampler(plan: Plan, joined: bool = False, started: int = 0):
+    """TPE for a tpe search, seeded: a new study from the plan's seed (so it repeats), one resumed after
+    `started` members from a stream of its own (not to pick again the values its first members had), a worker
+    that joins from a stream of its own too (not to pick those of another worker). A planned member's values are
+    all fixed, so its sampler is never asked."""
     import optuna
 
     seed = plan.seed
-    if joined:
-        seed = random.Random(f"{plan.seed}:{socket.gethostname()}:{os.getpid()}").randrange(2**32)
+    if joined or started:
+        seed = random.Random(f"{plan.seed}:{started}:{joined and WORKER_ID}").randrange(2**32)
     if plan.search == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     return optuna.samplers.RandomSampler(seed=seed)
@@ -195,6 +210,7 @@ def start_member(trial, plan: Plan, folder: Path) -> Member:
 def reclaim_lost(study, storage) -> list[str]:
     """Fail and queue again the running trials whose worker was a process of this machine that is gone (killed,
     or the machine restarted), without waiting for their heartbeat to go stale. The members' names."""
+    optuna = _quiet_optuna()
     from optuna.trial import TrialState
 
     host = socket.gethostname()
@@ -205,11 +221,14 @@ def reclaim_lost(study, storage) -> list[str]:
         if worker_host != host or not pid.isdigit() or _alive(int(pid)):
             continue
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-        with contextlib.suppress(Exception):  # (another worker got there first)
-            if storage.set_trial_state_values(trial_id, TrialState.FAIL):
-                storage.set_trial_user_attr(trial_id, "status", "lost")
-                retry_trial(study, storage.get_trial(trial_id))
-                lost.append(trial.user_attrs.get("member", str(trial.number)))
+        try:
+            storage.set_trial_user_attr(trial_id, "status", "lost")
+            failed = storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker got there first
+            continue
+        if failed:
+            retry_trial(study, storage.get_trial(trial_id))
+            lost.append(trial.user_attrs.get("member", str(trial.number)))
     return lost
 
 
@@ -260,7 +279,7 @@ def status_of(trials: list) -> str:
         if state in states:
             return status
     ended = [t for t in trials if t.state.name == "FAIL"]
-    return ended[-1].user_attrs.get("status", "failed") if ended else "not run"
+    return ended[-1].user_attrs.get("status", "lost") if ended else "not run"  # (no status: its heartbeat stopped)
 
 
 # --------------------------------------------------------------------------- running

@@ -3,13 +3,18 @@ that can be stopped and continued."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -185,3 +190,249 @@ def test_shipped_sweep_configs_plan_valid_members(name):
     _, plan = plan_sweep(ROOT / "configs" / name, [], [], device="cpu")
     assert len(plan.members) == {"sweep_time_steps.yaml": 8, "sweep_fi.yaml": 16}[name]
     assert plan.command == {"sweep_time_steps.yaml": "train", "sweep_fi.yaml": "simulate"}[name]
+
+
+# --------------------------------------------------------------------------- Optuna: studies, pruning, workers
+
+# a smoke training small enough for sweeps of several members: 1,000 training and 500 validation images, 2 epochs
+SMALL = ["configs/smoke.yaml", "--device", "cpu", "--set", "model.hidden=[32]", "--set", "train.epochs=2",
+         "--set", "train.subset.train=1000", "--set", "train.subset.test=500", "--set", "data.val_size=500"]
+needs_mnist = pytest.mark.skipif(not available(ROOT / "data"), reason="MNIST not prepared: run `make data`")
+
+
+def snnrun_sweep(*args: str) -> list[str]:
+    return [sys.executable, "-m", "snnrun", "sweep", *args]
+
+
+def study_of(url: str, folder: Path):
+    import optuna
+
+    return optuna.load_study(study_name=folder.name, storage=url)
+
+
+def by_member(study) -> dict[str, list]:
+    tries: dict[str, list] = {}
+    for trial in sorted(study.get_trials(), key=lambda t: t.number):
+        tries.setdefault(trial.user_attrs.get("member"), []).append(trial)
+    return tries
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--join", "a-study"], "--join STUDY needs --storage URL"),
+    (["--join", "a-study", "--storage", "sqlite:///x.db", "--grid", "neurons=[3]"],
+     "--grid: --join takes the plan from the study; leave out --grid"),
+    (["--resume", "a-folder", "--device", "cpu"], "--device: --device does not go with --resume"),
+    ([], "give a config file"),
+])
+def test_sweep_modes_that_do_not_go_together_are_one_line_exit_2(args, message):
+    result = runner.invoke(app, ["sweep", *args])
+    assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+    assert "Traceback" not in result.output
+
+
+def test_joining_a_study_that_is_not_there_names_the_studies_there(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(TINY_SIMULATION)
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    made = runner.invoke(app, ["sweep", str(tmp_path / "tiny.yaml"), "--grid", "neuron.tau_ms=[5.0]", "--storage",
+                               url, "--out", str(tmp_path / "out")])
+    assert made.exit_code == 0, made.output
+    name = next((tmp_path / "out").iterdir()).name
+    result = runner.invoke(app, ["sweep", "--storage", url, "--join", "nosuch", "--out", str(tmp_path / "other")])
+    assert result.exit_code == 2 and f"--join: no study 'nosuch' in this storage; there: {name}" in \
+        " ".join(result.output.split()), result.output
+    assert not (tmp_path / "other").exists()
+
+
+def test_planned_members_are_queued_in_order_and_a_dead_local_worker_s_trial_is_queued_again(tmp_path):
+    from snnrun import trials
+
+    axes = [sweep.parse_axis("model.hidden=[[64], [128, 32]]"), sweep.parse_axis("train.lr=[0.001, 0.01]")]
+    plan = sweep.Plan("train", "test_accuracy", "max", axes, sweep.expand(axes), study="s")
+    storage = trials.open_storage(f"sqlite:///{tmp_path / 'study.db'}", heartbeat=60)
+    study = trials.create_study(storage, plan, {"name": "x"})
+    assert trials.read_study(storage, "s")[0] == {"name": "x"}
+    trial, trial_id = trials.take_trial(study, storage)
+    member = trials.start_member(trial, plan, tmp_path)
+    assert member == plan.members[0]  # the first queued member, its values fixed: [64] stored as YAML text
+    assert trial.params == {"model.hidden": "[64]", "train.lr": 0.001}
+    held, _ = trials.take_trial(study, storage)
+    trials.start_member(held, plan, tmp_path)  # held by this (live) process
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    trial.set_user_attr("worker", f"{trials.WORKER_ID.rpartition(':')[0]}:{int(dead.stdout)}")
+    assert trials.reclaim_lost(study, storage) == ["000_hidden=64_lr=0.001"]
+    again, _ = trials.take_trial(study, storage)  # the retry comes before the members never started
+    assert trials.start_member(again, plan, tmp_path) == member and again.number == 4
+    assert [t.state.name for t in study.get_trials()] == ["FAIL", "RUNNING", "WAITING", "WAITING", "RUNNING"]
+
+
+@needs_mnist
+def test_a_pruned_member_stops_before_its_last_epoch_and_its_folder_says_so(tmp_path, hold):
+    out = tmp_path / "out"
+    args = snnrun_sweep(*SMALL, "--set", "train.epochs=3", "--out", str(out), "--grid", "train.lr=[2e-3, 1e-9]",
+                        "--pruner", "median", "--prune-after", "1", "--maximize", "val_accuracy")
+    # member 001 (a learning rate of 1e-9 learns nothing) is held inside its epoch 2 until the sweep stops it: if
+    # the pruner did not, it would never end (a hang guard fails it)
+    env = hold.env("batch:1:1", {**ENV, "SNNRUN_TEST_HOLD_ONLY": "001_lr="})
+    result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    folder = Path(result.stdout.strip().splitlines()[-1])
+    rows = list(csv.DictReader((folder / "sweep.csv").open()))
+    assert [(r["member"], r["status"]) for r in rows] == [("000_lr=0.002", "done"), ("001_lr=1e-09", "pruned")]
+    assert rows[0]["epochs"] == "3" and rows[1]["pruned_at_epoch"] == "1"
+    member = folder / "001_lr=1e-09"
+    pruned = json.loads((member / "pruned.json").read_text())
+    assert pruned["epoch"] == 1 and pruned["pruner"] == "median" and pruned["reported"] == "val_accuracy"
+    assert pruned["val_accuracy"] < float(rows[0]["val_accuracy"])
+    assert not (member / "summary.json").exists() and len((member / "metrics.jsonl").read_text().splitlines()) < 3
+    assert "pruned by the sweep's median pruner after epoch 1" in (member / "run.log").read_text()
+    assert "pruned after epoch 1 001_lr=1e-09" in " ".join(result.stderr.split())
+    trial = by_member(study_of(f"sqlite:///{folder / 'study.db'}", folder))["001_lr=1e-09"][-1]
+    assert trial.state.name == "PRUNED" and list(trial.intermediate_values) == [1]
+    for plot in ("sweep.png", "optimization_history.png", "intermediate_values.png"):
+        assert (folder / plot).is_file()
+
+
+@needs_mnist
+def test_tpe_sweep_stopped_by_ctrl_c_keeps_finished_trials_and_resumes_the_interrupted_one(tmp_path, hold):
+    out = tmp_path / "out"
+    args = snnrun_sweep(*SMALL, "--out", str(out), "--search", "tpe", "--trials", "3", "--seed", "4",
+                        "--range", "train.lr=1e-3:1e-2:log", "--range", "model.neuron.beta=0.5:0.99")
+    # member 001 is held in the 3rd batch of its epoch 2 (of 2) until the Ctrl-C reaches it
+    proc = subprocess.Popen(args, cwd=ROOT, env=hold.env("batch:1:3", {**ENV, "SNNRUN_TEST_HOLD_ONLY": "/001_lr="}),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    hold.wait(proc)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=900)  # (timeouts here only guard against a hang)
+    assert proc.returncode == 130, stderr[-3000:]
+    folder = Path(stdout.strip().splitlines()[-1])
+    url = f"sqlite:///{folder / 'study.db'}"
+    first = list(csv.DictReader((folder / "sweep.csv").open()))
+    assert [r["status"] for r in first] == ["done", "interrupted"]  # the third member was never started
+    stopped = folder / first[1]["member"]
+    assert (stopped / "checkpoints" / "last.pt").is_file() and not (stopped / "summary.json").exists()
+    done = folder / first[0]["member"] / "summary.json"
+    stamp = done.stat().st_mtime_ns
+    tries = by_member(study_of(url, folder))
+    assert [t.state.name for t in tries[first[1]["member"]]] == ["FAIL", "WAITING"]  # queued again, same values
+    assert tries[first[1]["member"]][1].system_attrs["fixed_params"] == tries[first[1]["member"]][0].params
+
+    again = subprocess.run(snnrun_sweep("--resume", str(folder)), cwd=ROOT, env=ENV, capture_output=True,
+                           text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("done before") == 1 and done.stat().st_mtime_ns == stamp
+    assert "resumed on" in (stopped / "run.log").read_text()  # from its checkpoint, not started over
+    rows = list(csv.DictReader((folder / "sweep.csv").open()))
+    assert [r["status"] for r in rows] == ["done"] * 3 and rows[:2] != first
+    assert [(r["member"], r["train.lr"], r["model.neuron.beta"]) for r in rows[:2]] == \
+        [(r["member"], r["train.lr"], r["model.neuron.beta"]) for r in first]
+    assert all(1e-3 <= float(r["train.lr"]) <= 1e-2 and 0.5 <= float(r["model.neuron.beta"]) <= 0.99 for r in rows)
+    assert len({r["train.lr"] for r in rows}) == 3
+    for plot in ("sweep.png", "optimization_history.png", "param_importances.png"):
+        assert (folder / plot).is_file()
+
+    collected = subprocess.run(snnrun_sweep("--collect", str(folder)), cwd=ROOT, env=ENV, capture_output=True,
+                               text=True, timeout=900)
+    assert collected.returncode == 0 and collected.stdout.strip().splitlines()[-1] == str(folder), collected.stderr
+    assert "start " not in collected.stderr and list(csv.DictReader((folder / "sweep.csv").open())) == rows
+
+
+def _postgres_binaries() -> Path | None:
+    """The folder of Debian's PostgreSQL server programs (initdb, pg_ctl), or of those on PATH."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if found:
+        return found[-1].parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+@pytest.fixture
+def postgres():
+    """A throwaway PostgreSQL server on a free loopback port (as the `postgres` user when we are root, which
+    initdb refuses to be), its data in a temporary folder; the URL of its database. Stopped and removed after."""
+    pytest.importorskip("psycopg", reason="psycopg not installed (the sweep extra: pip install 'snnrun[sweep]')")
+    binaries = _postgres_binaries()
+    if binaries is None:
+        pytest.skip("PostgreSQL's server is not installed (Debian: apt-get install postgresql; .ci/run does it)")
+    home = Path(tempfile.mkdtemp(prefix="snnrun-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        import pwd
+
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root, and there is no postgres user to run the server as")
+        os.chown(home, user.pw_uid, user.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = home / "data"
+    quiet = {"capture_output": True, "text": True, "timeout": 300}  # (a hang guard only)
+    made = subprocess.run([*as_user, binaries / "initdb", "-D", data, "-U", "snnrun", "-A", "trust"], **quiet)
+    assert made.returncode == 0, made.stderr
+    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {home}"
+    started = subprocess.run([*as_user, binaries / "pg_ctl", "-D", data, "-o", options, "-l", home / "log", "-w",
+                              "-t", "300", "start"], **quiet)
+    assert started.returncode == 0, started.stderr + (home / "log").read_text()
+    try:
+        yield f"postgresql://snnrun@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, binaries / "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"], **quiet)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _running_with(text: str) -> list[int]:
+    """Processes (not zombies) whose command line holds text."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            if text in cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                pids.append(int(cmdline.parent.name))
+    return pids
+
+
+@needs_mnist
+def test_two_workers_share_a_postgresql_study_and_one_killed_mid_trial_is_retried(tmp_path, hold, postgres):
+    import optuna
+
+    a, b = tmp_path / "a", tmp_path / "b"  # each worker's own --out, as on two machines
+    # worker A starts the study (6 members, 2 at a time); its member 000 is held inside epoch 2 until A is killed
+    env = hold.env("batch:1:1", {**ENV, "SNNRUN_TEST_HOLD_ONLY": "000_seed=0"})
+    proc_a = subprocess.Popen(snnrun_sweep(*SMALL, "--out", str(a), "--grid", "train.seed=[0, 1, 2, 3, 4, 5]",
+                                           "--storage", postgres, "--heartbeat", "5", "--parallel", "2"),
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    hold.wait(proc_a)
+    name = next(a.iterdir()).name
+    study = optuna.load_study(study_name=name, storage=postgres)
+    proc_b = subprocess.Popen(snnrun_sweep("--storage", postgres, "--join", name, "--out", str(b), "--heartbeat",
+                                           "5"), cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    give_up = time.monotonic() + 900  # only against a hang: B takes a member, or A has taken all but the held one
+    while not list(b.glob(f"{name}/0*_seed=*")) and study.get_trials(states=(optuna.trial.TrialState.WAITING,)):
+        assert proc_b.poll() is None, proc_b.communicate()[1][-3000:]
+        assert time.monotonic() < give_up
+        time.sleep(0.2)
+    proc_a.kill()  # SIGKILL, mid-trial: its members die with it, its trials' heartbeats stop
+    proc_a.wait()
+    stdout, stderr = proc_b.communicate(timeout=900)  # B runs what is left and A's trials once they go stale
+    assert proc_b.returncode == 0, stderr[-3000:]
+    assert not _running_with(str(a))  # no member of A's ran on after it
+
+    tries = by_member(optuna.load_study(study_name=name, storage=postgres))
+    members = [f"{i:03d}_seed={i}" for i in range(6)]
+    assert sorted(tries) == members
+    for member in members:  # each finished exactly once, in the folder of the worker that ran it
+        finished = [t for t in tries[member] if t.state.name == "COMPLETE"]
+        assert len(finished) == 1 and all(t.state.name == "FAIL" for t in tries[member] if t not in finished)
+        ran_in = Path(finished[0].user_attrs["folder"])
+        other = (b if ran_in.is_relative_to(a) else a) / name / member
+        assert (ran_in / "summary.json").is_file() and not (other / "summary.json").exists()
+    held = tries["000_seed=0"]  # A's held member: failed when its heartbeat stopped, run again by B
+    assert held[0].state.name == "FAIL" and held[0].user_attrs["worker"].endswith(f":{proc_a.pid}")
+    assert held[-1].system_attrs["failed_trial"] == 0 and held[-1].user_attrs["worker"].endswith(f":{proc_b.pid}")
+    rows = list(csv.DictReader((b / name / "sweep.csv").open()))  # B's table has every worker's results
+    assert [r["member"] for r in rows] == members and {r["status"] for r in rows} == {"done"}
+    by_a = [m for m in members if tries[m][-1].user_attrs["worker"].endswith(f":{proc_a.pid}")]
+    said = " ".join(stderr.split())
+    assert all(f"{m}: " in said for m in by_a)  # listed as folders on another worker
