@@ -88,8 +88,8 @@ def test_time_chunk_lowers_the_peak_memory_of_an_event_data_run(tmp_path):
            "model": {"layers": [{"conv": 16, "kernel": 5, "pool": 2}, {"linear": 32}]},
            "encoding": {"kind": "events", "time_steps": 100},
            "train": {"epochs": 1, "batch_size": 64, "eval_batch_size": 16}}
-    # 16 channels: the activations kept for the backward pass (~1.3 GB unchunked) must dwarf the ~0.8 GB that
-    # the process holds anyway (torch, tonic, the data), which varies by a few hundred MB from run to run
+    # 16 channels: the activations kept for the backward pass (peaks 2.36 GB unchunked, 1.32 GB chunked here) must
+    # dwarf the ~0.8 GB the process holds anyway (torch, tonic, the data), which varies by a few hundred MB a run
     peaks = {}
     for chunk in (None, 10):
         path = tmp_path / f"chunk{chunk}.yaml"
