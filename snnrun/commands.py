@@ -500,8 +500,9 @@ def _plot_training(cfg: TrainConfig, folder: Path, history: list[dict], device, 
     def membrane() -> None:
         d = first_digit()
         if d["out"].membrane is not None:
-            plots.output_membrane(d["out"].membrane[:, 0].cpu().numpy(), cfg.model.output.threshold, d["label"],
-                                  folder / "membrane.png", d["predicted"])
+            plots.output_membrane(d["out"].membrane[:, 0].cpu().numpy(), cfg.model.output.firing_threshold,
+                                  d["label"], folder / "membrane.png", d["predicted"],
+                                  unit=cfg.model.output.membrane_unit)
 
     def counts() -> None:
         d = first_digit()

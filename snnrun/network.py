@@ -30,8 +30,11 @@ class LIFLayer(nn.Module):
     def __init__(self, size: int | tuple[int, ...], spec: TrainedNeuron, spike_fn: Surrogate):
         """size: neurons, or the shape a learned beta or threshold takes (one per channel: (channels, 1, 1))."""
         super().__init__()
-        self.size = size
-        self.model, self.reset, self.reset_delay, self.spike_fn = spec.model, spec.reset, spec.reset_delay, spike_fn
+        self.size, self.model, self.spike_fn = size, spec.model, spike_fn
+        if spec.model == "lif":  # physical units: fixed constants, nothing learned but the weights before them
+            self.lif = spec.parameters()
+            return
+        self.reset, self.reset_delay = spec.reset, spec.reset_delay
         for name, value, learn in (("beta", spec.decay, spec.learn_beta),
                                    ("threshold", spec.threshold, spec.learn_threshold)):
             if learn:
@@ -44,6 +47,8 @@ class LIFLayer(nn.Module):
 
     def parameters_now(self):
         """The neurons' parameters for `neurons.run` (beta clamped to [0, 1] as it learns)."""
+        if self.model == "lif":
+            return self.lif
         beta = self.beta.clamp(0, 1)
         if self.model == "synaptic":
             return neurons.SynapticParameters(beta, self.threshold, self.reset, self.reset_delay, alpha=self.alpha)
@@ -51,17 +56,24 @@ class LIFLayer(nn.Module):
 
     def forward(self, current: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(spikes, membranes), both (time, batch, features)."""
-        trace = neurons.run(self.model, current, self.parameters_now(), spike_fn=self.spike_fn)
+        trace = neurons.run(self.model, self._in_units(current), self.parameters_now(), spike_fn=self.spike_fn)
         return trace.spikes, trace.membranes
 
     def span(self, current: torch.Tensor, state: tuple | None) -> tuple[torch.Tensor, torch.Tensor, tuple]:
         """(spikes, membranes, state after) of a span of steps from `state` (None: rest), through the step
         function: the form whose final state carries a gradient into the next span (`Network.time_chunk`)."""
-        trace = neurons.run(self.model, current, self.parameters_now(), state, self.spike_fn, path="step")
+        trace = neurons.run(self.model, self._in_units(current), self.parameters_now(), state, self.spike_fn,
+                            path="step")
         return trace.spikes, trace.membranes, trace.state
 
+    def _in_units(self, current: torch.Tensor) -> torch.Tensor:
+        """The synapses' output as the neurons' current: for lif, in `LIFParameters.unit_current` (a weight w from
+        one spike raises the membrane by w x |v_thresh - v_rest|, as a weight w raises a unitless neuron's membrane
+        by w x its threshold), so the same initial weights and learning rates serve physical and unitless layers."""
+        return current * self.lif.unit_current if self.model == "lif" else current
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        if self.model != "synaptic":  # checkpoints written before the neuron home kept an unused alpha
+        if self.model == "leaky":  # checkpoints written before the neuron home kept an unused alpha
             state_dict.pop(prefix + "alpha", None)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 

@@ -54,6 +54,12 @@ def to_nir(model: Network, train_config: dict, dt: float = DEFAULT_DT):
     """The network as a NIRGraph (float64 arrays; see the module docstring for the mapping)."""
     nir = require_nir()
     cfg = model.cfg
+    physical = [name for name, lif in zip(cfg.layer_names, [*model.neurons, model.output_neurons], strict=False)
+                if lif is not None and lif.model == "lif"]
+    if physical:
+        raise UserError(f"layer {physical[0]} has lif neurons (physical units with a refractory period), and NIR's "
+                        "LIF node has no refractory period: only networks of leaky and synaptic neurons export",
+                        source="snnrun export")
     nodes = {"input": nir.Input(input_type={"input": np.array(cfg.in_shape)})}
     chain = ["input"]
 

@@ -431,7 +431,7 @@ def _show_sample(ax, image: np.ndarray) -> None:
 
 
 def output_membrane(membrane: np.ndarray, threshold: float, label: int, path: Path,
-                    predicted: int | None = None) -> Path:
+                    predicted: int | None = None, unit: str = "") -> Path:
     """The output layer's membrane traces for one digit, the true class highlighted."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
     steps = np.arange(membrane.shape[0])
@@ -440,7 +440,7 @@ def output_membrane(membrane: np.ndarray, threshold: float, label: int, path: Pa
                 label=f"class {k}" + (" (label)" if k == label else ""))
     ax.axhline(threshold, color="black", ls="--", lw=1, label="threshold")
     ax.set_xlabel("time step")
-    ax.set_ylabel("output membrane")
+    ax.set_ylabel(f"output membrane ({unit})" if unit else "output membrane")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", ncol=2, frameon=False, loc="upper left", bbox_to_anchor=(1, 1))
     said = f", predicted {predicted}" if predicted is not None else ""

@@ -220,17 +220,31 @@ def _trained(model: type) -> type:
         elif rule.per_neuron:
             own.append((f.name, f.type, dataclasses.field(default=f.default, metadata={
                 "rule": dataclasses.replace(rule, per_neuron=False)})))
-    own += [("learn_beta", bool, field(False, "bool", "learn one decay per neuron")),
-            ("learn_threshold", bool, field(False, "bool", "learn one threshold per neuron"))]
+    fixed = " (lif: false only; its tau_ms and v_thresh_mv are physical constants)" if model is LIFConfig else ""
+    own += [("learn_beta", bool, field(False, "bool", "learn one decay per neuron" + fixed)),
+            ("learn_threshold", bool, field(False, "bool", "learn one threshold per neuron" + fixed))]
     name = "Trained" + model.__name__.removesuffix("Config")
-    return dataclasses.make_dataclass(name, own, bases=(model,), frozen=True, namespace={"__module__": __name__})
+    namespace = {"__module__": __name__}
+    if model is LIFConfig:
+        namespace["validate"] = _validate_trained_lif
+    return dataclasses.make_dataclass(name, own, bases=(model,), frozen=True, namespace=namespace)
+
+
+def _validate_trained_lif(self, path, source):
+    LIFConfig.validate(self, path, source)
+    for key in ("learn_beta", "learn_threshold"):
+        if getattr(self, key):
+            raise ConfigError(f"{key} is not allowed for lif neurons: their tau_ms and v_thresh_mv are physical "
+                              "constants here; learn_beta and learn_threshold are for leaky and synaptic layers",
+                              source=source, key=f"{path}.{key}", related=(f"{path}.model",))
 
 
 TRAINABLE = tuple(name for name, m in MODELS.items() if m.trainable)
 TrainedLeaky = _trained(LeakyConfig)
 TrainedSynaptic = _trained(SynapticConfig)
-TRAINED = {"leaky": TrainedLeaky, "synaptic": TrainedSynaptic}
-TrainedNeuron = TrainedLeaky | TrainedSynaptic
+TrainedLIF = _trained(LIFConfig)
+TRAINED = {"leaky": TrainedLeaky, "synaptic": TrainedSynaptic, "lif": TrainedLIF}
+TrainedNeuron = TrainedLeaky | TrainedSynaptic | TrainedLIF
 
 
 @dataclass(frozen=True)
@@ -571,11 +585,16 @@ class DataConfig:
 class EncodingConfig:
     kind: str = choice("direct", encodings.KINDS, "direct: image as constant current; rate: Bernoulli spikes; "
                        "latency: one spike per pixel, earlier when brighter; events: an event data set's frames "
-                       "(its only encoding)")
-    time_steps: int = integer(25, "simulation steps per image (event data: frames per recording)", minimum=1,
-                              maximum=10000)
+                       "(its only encoding); current: one lif neuron per pixel (model.neuron) driven by pixel*gain "
+                       "nA, its spikes the input; poisson: spikes at pixel*gain Hz")
+    time_steps: int = integer(25, "simulation steps per image (event data: frames per recording; with "
+                              "duration_ms: duration_ms / the lif neurons' dt_ms)", minimum=1, maximum=10000)
     gain: float = number(1.0, "direct: current = pixel*gain; rate: p = pixel*gain; events: input = events per "
-                         "frame*gain", minimum=0, exclusive_minimum=True)
+                         "frame*gain; current: nA at a full pixel; poisson: Hz at a full pixel", minimum=0,
+                         exclusive_minimum=True)
+    duration_ms: float | None = number(None, "each image's presentation in ms, for lif neurons: time_steps follows "
+                                       "as duration_ms / model.neuron.dt_ms (null: time_steps)", minimum=0,
+                                       exclusive_minimum=True, nullable=True)
 
 
 @dataclass(frozen=True)
@@ -655,9 +674,59 @@ class TrainConfig:
                                   key="encoding.kind", related=("data.dataset",))
             raise ConfigError(f"events is not allowed for {self.data.dataset} (images); use direct, rate or "
                               "latency", source=source, key="encoding.kind", related=("data.dataset",))
+        self._check_physical_units(source)
         if self.data.events and self.train.augment_shift:
             raise ConfigError("augment_shift translates images; it does not apply to event data", source=source,
                               key="train.augment_shift", related=("data.dataset",))
+
+
+    def _check_physical_units(self, source) -> None:
+        """Encodings and presentations in nA, Hz and ms need lif neurons, whose dt_ms is the one clock."""
+        e, neuron = self.encoding, self.model.neuron
+        lif = neuron.model == "lif"
+        if not lif and (e.kind in encodings.PHYSICAL or e.duration_ms is not None):
+            key = "encoding.duration_ms" if e.kind not in encodings.PHYSICAL else "encoding.kind"
+            raise ConfigError(f"{key.split('.')[1]} {getattr(e, key.split('.')[1])} is in physical units and needs "
+                              f"model.neuron.model: lif (whose dt_ms is the step), not {neuron.model}",
+                              source=source, key=key, related=("model.neuron.model",))
+        if not lif:
+            return
+        layers = [("model.hidden" if not self.model.convolutional else "model.layers", layer.neuron)
+                  for layer in self.model.hidden] + [("model.output", self.model.output)]
+        for i, (key, layer) in enumerate(layers):
+            if layer.model == "lif" and layer.dt_ms != neuron.dt_ms:
+                where = key if key == "model.output" else f"{key}[{i}]"
+                raise ConfigError(f"{layer.dt_ms} is not allowed; every lif layer steps at model.neuron.dt_ms "
+                                  f"({neuron.dt_ms})", source=source, key=f"{where}.dt_ms",
+                                  related=("model.neuron.dt_ms",))
+        if e.duration_ms is not None:
+            steps = e.duration_ms / neuron.dt_ms
+            if abs(steps - round(steps)) > 1e-6 * max(1.0, steps):
+                raise ConfigError(f"{e.duration_ms} is not allowed; it must be a whole number of model.neuron.dt_ms "
+                                  f"({neuron.dt_ms} ms) steps", source=source, key="encoding.duration_ms",
+                                  related=("model.neuron.dt_ms",))
+            if round(steps) != e.time_steps:
+                raise ConfigError(f"{e.time_steps} conflicts with encoding.duration_ms {e.duration_ms} at "
+                                  f"model.neuron.dt_ms {neuron.dt_ms} ({round(steps)} steps); give one of the two",
+                                  source=source, key="encoding.time_steps", related=("encoding.duration_ms",))
+
+
+def _time_steps_from_duration(data: dict) -> dict:
+    """The config with encoding.time_steps = duration_ms / model.neuron.dt_ms where duration_ms is given and
+    time_steps is not (a wrong or conflicting value is left for TrainConfig.validate to name)."""
+    encoding = data.get("encoding")
+    model = data.get("model")
+    if not isinstance(encoding, dict) or "time_steps" in encoding or not isinstance(model, dict):
+        return data
+    neuron = model.get("neuron")
+    duration = encoding.get("duration_ms")
+    if not isinstance(neuron, dict) or neuron.get("model") != "lif" or isinstance(duration, bool) \
+            or not isinstance(duration, (int, float)):
+        return data
+    dt = neuron.get("dt_ms", LIFConfig.dt_ms)
+    if isinstance(dt, bool) or not isinstance(dt, (int, float)) or dt <= 0 or duration <= 0:
+        return data
+    return {**data, "encoding": {**encoding, "time_steps": max(1, round(duration / dt))}}
 
 
 TRAIN_KINDS = (KindKey("encoding", "kind", "direct", keeps=("time_steps",)),)
@@ -673,6 +742,8 @@ def parse_train(data: dict, source: str | None) -> TrainConfig:
     def model(model_data, key, where):
         return parse_model(model_data, key, where, data_shape=shape)
 
+    if isinstance(data, dict):
+        data = _time_steps_from_duration(data)
     return parse(TrainConfig, data, source=source, sections={"model": model})
 
 

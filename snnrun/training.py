@@ -116,7 +116,8 @@ def make_schedule(optimizer, s: TrainSettings, batches_per_epoch: int):
 
 def encode(images: torch.Tensor, cfg: TrainConfig, generator: torch.Generator | None) -> torch.Tensor:
     e = cfg.encoding
-    return encodings.encode(images, e.kind, e.time_steps, e.gain, generator)
+    neurons = cfg.model.neuron.parameters(images.device) if e.kind in encodings.PHYSICAL else None
+    return encodings.encode(images, e.kind, e.time_steps, e.gain, generator, neurons)
 
 
 @torch.no_grad()

@@ -75,7 +75,7 @@ MODELS: dict[str, Model] = {
     "lapicque": Model("lapicque", LapicqueConfig, LeakyState, lapicque_step, lapicque.initial_state,
                       lambda p: 0.0, lambda p: p.threshold),
     "lif": Model("lif", LIFConfig, LIFState, lif_step, lif.initial_state, lambda p: p.v_rest_mv,
-                 lambda p: p.v_thresh_mv),
+                 lambda p: p.v_thresh_mv, trainable=True),
 }
 
 
@@ -83,12 +83,14 @@ def path_for(model: str, params, state, spike_fn: SpikeFn, recording: bool) -> s
     """Which form of the model runs: the rule, in one place.
 
     sequence: leaky and synaptic from rest, with a surrogate, every number but beta one value (a learned threshold
-              needs autograd through the steps), whole tensors out (training);
+              needs autograd through the steps), whole tensors out (training); lif likewise, every number one value;
     scan:     lif with one value per parameter and no gradient (simulation);
     step:     everything else, the reference.
     (kernel:  the compiled loop of kernels.py, chosen by `engine_for` for a whole simulation, not per chunk.)"""
     if model in ("leaky", "synaptic") and state is None and not recording and hasattr(spike_fn, "kind") \
             and _one_value(params.threshold) and (model == "leaky" or _one_value(params.alpha)):
+        return "sequence"
+    if model == "lif" and state is None and not recording and hasattr(spike_fn, "kind") and lif.uses_scan(params):
         return "sequence"
     if model == "lif" and lif.uses_scan(params) and spike_fn is heaviside:
         return "scan"
@@ -147,6 +149,9 @@ def run(model: str, currents: Tensor, params, state: tuple | None = None, spike_
     m = MODELS[model]
     recording = spikes_out is not None or membrane_out is not None or synaptic_out is not None
     path = path or path_for(model, params, state, spike_fn, recording)
+    if path == "sequence" and model == "lif":
+        spikes, membranes = lif.lif_sequence(currents, params, spike_fn.kind, spike_fn.slope)
+        return Trace(spikes, membranes, None)
     if path == "sequence":
         kind, slope = getattr(spike_fn, "kind", "straight_through"), getattr(spike_fn, "slope", 1.0)
         alpha = getattr(params, "alpha", 0.0)

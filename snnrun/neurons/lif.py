@@ -5,7 +5,8 @@
     euler: v[t] = v[t-1] + dt/tau*(v_rest - v[t-1] + R*I[t])
     a spike when v > v_thresh; then v = v_reset, held for the refractory period.
 
-Fast path: `lif_scan`, the same arithmetic in place over a chunk of steps (one value per parameter).
+Fast paths: `lif_scan`, the same arithmetic in place over a chunk of steps (one value per parameter), and
+`lif_sequence`, the training form: a whole (time, batch, neurons) sequence from rest as one autograd node.
 """
 
 from __future__ import annotations
@@ -96,6 +97,30 @@ class LIFParameters:
         return math.exp(-self.dt_ms / self.tau_ms)
 
     @cached_property
+    def carry(self) -> Scalar:
+        """The share of the membrane's distance from the drive kept over one step: exp(-dt/tau) exact, 1 - dt/tau
+        euler (v[t] = lerp(drive, v[t-1], carry) either way)."""
+        return self.decay if self.method == "exact" else 1 - self.dt_ms / self.tau_ms
+
+    @cached_property
+    def unit_current(self) -> Scalar:
+        """The current (nA) that, held for one step, raises the membrane by the threshold distance
+        |v_thresh - v_rest|: distance / (R * (1 - carry)). A trained layer's synapses deliver their output in
+        these units, so a weight w from one input spike is Brian2's delta synapse `v_post += w * distance`, the
+        same for every dt (157.6 nA for tau 10 ms, dt 1 ms, R 1 MOhm, 15 mV)."""
+        return self.threshold_distance / (self.r_mohm * (1 - self.carry))
+
+    @cached_property
+    def threshold_distance(self) -> Scalar:
+        """|v_thresh - v_rest| in mV (1 where they coincide): the surrogate gradient sees the membrane in these
+        units, (v - v_thresh) / distance, so a surrogate slope means the same as for a unitless neuron whose
+        threshold is 1 above rest."""
+        distance = abs(self.v_thresh_mv - self.v_rest_mv)
+        if isinstance(distance, Tensor):
+            return torch.where(distance > 0, distance, torch.ones_like(distance))
+        return distance if distance > 0 else 1.0
+
+    @cached_property
     def refractory_steps(self) -> int:
         """Whole steps of refractoriness, rounded as Brian2's `timestep()` does."""
         return int((self.refractory_ms + 1e-3 * self.dt_ms) / self.dt_ms)
@@ -108,7 +133,9 @@ def lif_step(current: Tensor, state: LIFState, p: LIFParameters,
     exact: v[t] = v_inf + (v[t-1] - v_inf)*exp(-dt/tau),  v_inf = v_rest + R*I[t]
     euler: v[t] = v[t-1] + dt/tau*(v_rest - v[t-1] + R*I[t])
     A neuron that spikes at step s is held for the next refractory_steps - 1 steps
-    (Brian2's `timestep(t - lastspike) < timestep(refractory)`) and cannot spike then.
+    (Brian2's `timestep(t - lastspike) < timestep(refractory)`) and cannot spike then. With a surrogate
+    spike_fn (training) the spike's gradient flows through (v - v_thresh) / |v_thresh - v_rest|; the reset and
+    the refractory hold (v = v_reset) carry none.
     """
     v = state.membrane
     drive = p.v_rest_mv + p.r_mohm * current
@@ -121,8 +148,8 @@ def lif_step(current: Tensor, state: LIFState, p: LIFParameters,
     if spike_fn is heaviside:  # simulation: no surrogate needed, one comparison
         fired = (v > p.v_thresh_mv) & active
         spikes = fired.to(v.dtype)
-    else:
-        spikes = spike_fn(v - p.v_thresh_mv) * active
+    else:  # training: the surrogate's gradient in units of the threshold's distance from rest (d/dv: 1/distance)
+        spikes = spike_fn((v - p.v_thresh_mv) / p.threshold_distance) * active
         fired = spikes > 0
     v = torch.where(fired, p.v_reset_mv, v)
     left = torch.where(fired, p.refractory_steps - 1, state.refractory_left - 1).clamp_(min=0)
@@ -170,6 +197,83 @@ def lif_scan(currents: Tensor, state: LIFState, p: LIFParameters, spikes_out: Te
             membrane_out[t] = v[:recorded]
     left = (until - steps).clamp_(min=0).to(state.refractory_left.dtype)
     return LIFState(v, left)
+
+
+class _LIFRecurrence(torch.autograd.Function):
+    """`lif_step` over a whole sequence with a surrogate spike, its backward pass written out.
+
+    Forward (no autograd), per step: pre[t] = lerp(drive[t], v[t-1], decay) unless held (then v[t-1] = v_reset),
+    S[t] = pre[t] > v_thresh, v[t] = v_reset where S[t] else pre[t]. Backward, with the reset and the hold
+    carrying no gradient (as autograd through `lif_step` gives them):
+
+        P[t] = active[t] * dL/dS[t] * surrogate'((pre[t] - v_thresh)/distance) / distance
+               + (1 - S[t]) * (dL/dv[t] + decay * P[t+1])          (dL/dpre[t])
+        dL/dI[t] = active[t] * (1 - decay) * R * P[t]               (exact; euler: dt/tau for 1 - decay)
+
+    During a hold P only reaches earlier held steps and the firing step, whose (1 - S) is 0, so the factor a
+    held step passes back does not matter; one scalar carry serves every step."""
+
+    @staticmethod
+    def forward(ctx, current, p, kind, slope):
+        ctx.set_materialize_grads(False)
+        pre, spk = torch.empty_like(current), torch.empty_like(current)
+        held_all = torch.zeros_like(current) if p.refractory_steps >= 2 else None
+        with torch.no_grad():
+            drive = torch.add(current, 0.0) if p.r_mohm == 1 else current * p.r_mohm
+            drive.add_(p.v_rest_mv)
+            factor = p.carry
+            v = torch.full_like(current[0], p.v_rest_mv)
+            v_reset = torch.tensor(p.v_reset_mv, dtype=v.dtype, device=v.device)
+            until = torch.zeros_like(v)  # held at step t while t < until
+            for t, (drive_t, pre_t, spk_t) in enumerate(zip(drive.unbind(0), pre.unbind(0), spk.unbind(0),
+                                                            strict=True)):
+                torch.lerp(drive_t, v, factor, out=pre_t)
+                if held_all is not None:
+                    torch.gt(until, t, out=held_all[t])
+                    pre_t.lerp_(v_reset, held_all[t])
+                torch.gt(pre_t, p.v_thresh_mv, out=spk_t)
+                v = torch.lerp(pre_t, v_reset, spk_t)
+                if held_all is not None:
+                    until.lerp_(until.new_full((), t + p.refractory_steps), spk_t)
+            mem = torch.lerp(pre, v_reset, spk)
+        ctx.save_for_backward(pre, spk, held_all)
+        ctx.settings = (p, factor, kind, slope)
+        return spk, mem
+
+    @staticmethod
+    def backward(ctx, grad_spikes, grad_mem):
+        from snnrun.surrogate import DERIVATIVES
+
+        if grad_spikes is None and grad_mem is None:
+            return None, None, None, None
+        pre, spk, held = ctx.saved_tensors
+        p, factor, kind, slope = ctx.settings
+        kept = 1 - spk
+        distance = float(p.threshold_distance)
+        if grad_spikes is not None:
+            x = torch.add(pre, -p.v_thresh_mv).div_(distance)
+            a = DERIVATIVES[kind](grad_spikes, x, slope) / distance
+            if held is not None:
+                a.mul_(1 - held)
+            if grad_mem is not None:
+                a.addcmul_(kept, grad_mem)
+        else:
+            a = grad_mem * kept
+        carry = kept.mul_(factor)  # (1 - S[t]) * decay
+        steps_a, carries = a.unbind(0), carry.unbind(0)
+        for t in range(a.shape[0] - 2, -1, -1):
+            steps_a[t].addcmul_(carries[t], steps_a[t + 1])
+        a.mul_((1 - factor) * p.r_mohm)
+        if held is not None:
+            a.mul_(1 - held)
+        return a, None, None, None
+
+
+def lif_sequence(currents: Tensor, p: LIFParameters, kind: str, slope: float) -> tuple[Tensor, Tensor]:
+    """(spikes, membranes) of lif neurons from rest over currents (time, ...) in nA, with the surrogate `kind`
+    (`snnrun.surrogate.DERIVATIVES`) at `slope` in units of the threshold distance: `lif_step` with a surrogate
+    as one autograd node (one value per parameter; `tests/test_recurrence.py` compares it with the step)."""
+    return _LIFRecurrence.apply(currents, p, kind, float(slope))
 
 
 def initial_state(membrane: Tensor) -> LIFState:
