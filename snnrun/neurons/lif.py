@@ -219,12 +219,13 @@ class _LIFRecurrence(torch.autograd.Function):
         pre, spk = torch.empty_like(current), torch.empty_like(current)
         held_all = torch.zeros_like(current) if p.refractory_steps >= 2 else None
         with torch.no_grad():
-            drive = torch.add(current, 0.0) if p.r_mohm == 1 else current * p.r_mohm
+            drive = current * p.r_mohm
             drive.add_(p.v_rest_mv)
             factor = p.carry
             v = torch.full_like(current[0], p.v_rest_mv)
             v_reset = torch.tensor(p.v_reset_mv, dtype=v.dtype, device=v.device)
             until = torch.zeros_like(v)  # held at step t while t < until
+            stamps = torch.arange(current.shape[0], dtype=v.dtype, device=v.device) + p.refractory_steps
             for t, (drive_t, pre_t, spk_t) in enumerate(zip(drive.unbind(0), pre.unbind(0), spk.unbind(0),
                                                             strict=True)):
                 torch.lerp(drive_t, v, factor, out=pre_t)
@@ -234,7 +235,7 @@ class _LIFRecurrence(torch.autograd.Function):
                 torch.gt(pre_t, p.v_thresh_mv, out=spk_t)
                 v = torch.lerp(pre_t, v_reset, spk_t)
                 if held_all is not None:
-                    until.lerp_(until.new_full((), t + p.refractory_steps), spk_t)
+                    until.lerp_(stamps[t], spk_t)
             mem = torch.lerp(pre, v_reset, spk)
         ctx.save_for_backward(pre, spk, held_all)
         ctx.settings = (p, factor, kind, slope)
@@ -249,12 +250,13 @@ class _LIFRecurrence(torch.autograd.Function):
         pre, spk, held = ctx.saved_tensors
         p, factor, kind, slope = ctx.settings
         kept = 1 - spk
+        active = None if held is None else 1 - held
         distance = float(p.threshold_distance)
         if grad_spikes is not None:
             x = torch.add(pre, -p.v_thresh_mv).div_(distance)
             a = DERIVATIVES[kind](grad_spikes, x, slope) / distance
-            if held is not None:
-                a.mul_(1 - held)
+            if active is not None:
+                a.mul_(active)
             if grad_mem is not None:
                 a.addcmul_(kept, grad_mem)
         else:
@@ -264,8 +266,8 @@ class _LIFRecurrence(torch.autograd.Function):
         for t in range(a.shape[0] - 2, -1, -1):
             steps_a[t].addcmul_(carries[t], steps_a[t + 1])
         a.mul_((1 - factor) * p.r_mohm)
-        if held is not None:
-            a.mul_(1 - held)
+        if active is not None:
+            a.mul_(active)
         return a, None, None, None
 
 
