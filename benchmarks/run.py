@@ -20,6 +20,11 @@ Rows (each peer's network is written in its own idiom in benchmarks/peers.py):
   state once a step and write each spike as a byte, at the bandwidth measured for a buffer of the state's size)
   and the first simulate() of a fresh process on either engine (numba imported and the kernel loaded from the
   cache: what a CLI run pays);
+- stdp: Diehl & Cook's network with 400 excitatory neurons learning online from MNIST digits, samples/s: BindsNET's
+  DiehlAndCook2015 (its eth_mnist example's network, here at dt 0.5 ms for 350 ms a digit: 700 steps, state reset
+  between digits) against `snnrun train configs/stdp_mnist.yaml` with 400 neurons run as a user runs it (a fresh
+  `snnrun` process; its training samples/s from metrics.jsonl: 700 steps of input and 300 of rest a digit, retries
+  included), and the compiled loop's first call in a fresh process (the kernel loaded from numba's cache);
 - startup: wall time of the `snnrun` command in a fresh process, against its goal: `snnrun --help` (0.5 s), the
   default `snnrun simulate` (one neuron, 200 steps; 2 s), and a 6-member simulate sweep (each member after the
   first should cost less than a fresh `snnrun simulate`: no process start-up per member). Each runs in a new
@@ -360,6 +365,76 @@ def brian2_lif(neurons: int, steps: int) -> tuple[float, float, int]:
     return cold, warm, spikes
 
 
+def bindsnet_modules():
+    """BindsNET's network, model and encoding modules, without its package __init__ (which imports its data sets,
+    environments and plotting: packages not installed, and not used by the network; the Makefile installs
+    bindsnet with --no-deps)."""
+    import importlib.util
+    import types
+
+    spec = importlib.util.find_spec("bindsnet")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    if "bindsnet" not in sys.modules:
+        package = types.ModuleType("bindsnet")
+        package.__path__ = list(spec.submodule_search_locations)
+        sys.modules["bindsnet"] = package
+    import bindsnet.encoding.encodings as encodings
+    import bindsnet.models.models as models
+
+    return models, encodings
+
+
+def stdp_row(digits: int = 24, neurons: int = 400) -> dict:
+    """BindsNET's DiehlAndCook2015 against the snnrun command on the same MNIST digits (see the module doc)."""
+    row: dict = {"neurons": neurons}
+    images, _ = mnist_batch(max(digits, 1000))
+    modules = bindsnet_modules()
+    if modules is None:
+        row["skipped"] = "bindsnet not installed (make bench installs it)"
+    else:
+        models, encodings = modules
+        network = models.DiehlAndCook2015(n_inpt=784, n_neurons=neurons, exc=22.5, inh=120.0, dt=0.5, norm=78.4,
+                                          theta_plus=0.05, inpt_shape=(1, 28, 28))
+
+        def present(image):
+            spikes = encodings.poisson(image.flatten() * 63.75, time=350, dt=0.5)  # 63.75 Hz at a full pixel
+            network.run(inputs={"X": spikes.view(700, 1, 1, 28, 28)}, time=350)
+            network.reset_state_variables()
+
+        present(images[0])  # warm-up
+        start = time.perf_counter()
+        for image in images[1:digits + 1]:
+            present(image)
+        row["bindsnet_samples_per_s"] = digits / (time.perf_counter() - start)
+    with tempfile.TemporaryDirectory() as folder:
+        shutil.copytree(Path(__file__).resolve().parents[1] / "configs", Path(folder) / "configs")
+        os.symlink(Path("data").resolve(), Path(folder) / "data")
+        env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+        sets = [f"stdp.excitatory_neurons={neurons}", "train.subset.train=1000", "train.subset.test=250",
+                "train.label_images=1000", "train.window=500"]
+        args = [*snnrun_command(), "train", "configs/stdp_mnist.yaml", "--out", "runs",
+                *[a for item in sets for a in ("--set", item)]]
+        start = time.perf_counter()
+        subprocess.run(args, cwd=folder, env=env, check=True, capture_output=True)
+        row["command_s"] = time.perf_counter() - start
+        run = next((Path(folder) / "runs").iterdir())
+        history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        row["snnrun_samples_per_s"] = history[-1]["samples_per_s"]  # the epoch so far: all 1,000 digits
+        row["presentations_per_digit"] = statistics.mean(r["presentations_per_image"] for r in history)
+        code = ("import time, numpy as np; t = time.perf_counter(); from snnrun import stdp; "
+                "from snnrun.schema import parse_train; "
+                "cfg = parse_train({'learning': 'stdp', 'stdp': {'excitatory_neurons': %d}}, 'bench'); "
+                "w, d = stdp.initial_weights(cfg, 784); s = stdp.fresh_state(cfg, w, np.full(%d, 20.0), d); "
+                "stdp.run_block(s, cfg, np.zeros((1, 784), np.uint8), True, 0); print(time.perf_counter() - t)"
+                % (neurons, neurons))
+        out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
+        row["first_call_s"] = float(out.stdout.strip())
+    if "bindsnet_samples_per_s" in row:
+        row["ratio"] = row["snnrun_samples_per_s"] / row["bindsnet_samples_per_s"]
+    return row
+
+
 def lif_config(neurons: int, steps: int, engine: str):
     return parse_simulation({"neurons": neurons, "time_steps": steps, "record_neurons": 1, "engine": engine,
                              "neuron": {"model": "lif", "v_reset_mv": -70.0},
@@ -495,7 +570,7 @@ def startup(threads: int, repeats: int = 5) -> dict:
 # --------------------------------------------------------------------------- main
 
 
-ROWS = ("train", "conv", "crossover", "open_neuromorphic", "simulate", "startup")
+ROWS = ("train", "conv", "crossover", "open_neuromorphic", "simulate", "stdp", "startup")
 
 
 def main() -> None:
@@ -547,6 +622,9 @@ def main() -> None:
         for n in (10_000, 100_000):
             with console.status(f"simulate: {n} lif neurons vs Brian2"):
                 results[f"simulate_brian2_{n}"] = simulate_vs_brian2(n, args.threads)
+    if "stdp" in args.only and not cuda:
+        with console.status("stdp: Diehl & Cook, 400 neurons, BindsNET and snnrun"):
+            results["stdp"] = stdp_row()
     if "startup" in args.only:
         with console.status("start-up: snnrun --help, snnrun simulate, a simulate sweep (fresh processes)"):
             results["startup"] = startup(args.threads)
@@ -613,6 +691,16 @@ def table(results: dict) -> Table:
     for row in results.get("crossover", []):
         t.add_row(f"first layer fwd+wgrad at {row['density']:.0%} input spikes (ms)", "dense GEMM",
                   f"{row['dense_ms']:.1f}", f"{row['gather_ms']:.1f}", f"{row['dense_ms'] / row['gather_ms']:.2f}x")
+    row = results.get("stdp")
+    if row is not None:
+        work = f"STDP learning, Diehl & Cook {row['neurons']} neurons (samples/s)"
+        if "skipped" in row:
+            t.add_row(work, "BindsNET", row["skipped"], f"{row['snnrun_samples_per_s']:.1f}", "")
+        else:
+            t.add_row(work, "BindsNET", f"{row['bindsnet_samples_per_s']:.1f}", f"{row['snnrun_samples_per_s']:.1f}",
+                      f"{row['ratio']:.1f}x")
+        t.add_row("STDP: first compiled call in a fresh process (s; kernel from the cache)", "", "",
+                  f"{row['first_call_s']:.2f}", "")
     row = results.get("startup")
     if row is not None:  # the goal stands in the peer's columns; the last column says how far from it
         goals = row["goals"]

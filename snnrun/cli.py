@@ -251,10 +251,20 @@ def train(
                       visible=True)
 
         def batch_done(stats: dict) -> None:
-            bar.update(task, advance=1, stats=f"loss {stats['loss']:.4f} acc {100 * stats['accuracy']:.2f}% "
-                                              f"{stats['samples_per_s']:.0f}/s")
+            if "spikes_per_image" in stats:  # learning: stdp (blocks of images; accuracy on the next block)
+                text = f"{stats['spikes_per_image']:.1f} spikes/image"
+                text += f" acc {100 * stats['accuracy']:.1f}%" if stats.get("accuracy") is not None else ""
+            else:
+                text = f"loss {stats['loss']:.4f} acc {100 * stats['accuracy']:.2f}%"
+            bar.update(task, advance=1, stats=f"{text} {stats['samples_per_s']:.0f}/s")
 
         def epoch_done(r: dict) -> None:  # (called on rank 0 only)
+            if "images" in r:  # learning: stdp
+                acc = f"accuracy on the last images {100 * r['train_accuracy']:.2f}%" \
+                    if r.get("train_accuracy") is not None else "no accuracy yet"
+                bar.console.print(f"epoch {r['epoch']:>3}/{cfg.train.epochs}: {r['images']} images, {acc} | "
+                                  f"{r['seconds']:.1f} s", highlight=False, soft_wrap=True)
+                return
             val = f"val loss {r['val_loss']:.4f} acc {100 * r['val_accuracy']:.2f}%" if r["val_loss"] is not None \
                 else "no validation"
             bar.console.print(f"epoch {r['epoch']:>3}/{cfg.train.epochs}: train loss {r['train_loss']:.4f} "
@@ -336,6 +346,8 @@ class StopFlag:
 
 def _training_table(run) -> Table:
     s = run.summary
+    if "excitatory_neurons" in s:
+        return _stdp_table(run)
     epochs = f"{s['epochs']} epoch{'s' if s['epochs'] != 1 else ''}"
     table = Table(title=f"{run.config.name}: {epochs} in {s['train_seconds']:.1f} s")
     table.add_column("metric")
@@ -346,6 +358,20 @@ def _training_table(run) -> Table:
     table.add_row(f"test accuracy ({s['test_images']} images)", f"[bold]{100 * s['test_accuracy']:.2f} %[/bold]")
     for name, rate in zip(run.config.model.layer_names, s["test_spikes_per_neuron_step"], strict=True):
         table.add_row(f"spikes per neuron per step, {name}", f"{rate:.4f}")
+    return table
+
+
+def _stdp_table(run) -> Table:
+    s = run.summary
+    table = Table(title=f"{run.config.name}: {s['excitatory_neurons']} excitatory neurons, {s['epochs']} epoch"
+                  f"{'s' if s['epochs'] != 1 else ''} in {s['train_seconds']:.1f} s")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row(f"test accuracy ({s['test_images']} images)", f"[bold]{100 * s['test_accuracy']:.2f} %[/bold]")
+    table.add_row("images that assigned the neurons", str(s["label_images"]))
+    table.add_row("neurons per class", " ".join(str(k) for k in s["neurons_per_class"]))
+    table.add_row("silent neurons", str(s["silent_neurons"]))
+    table.add_row("excitatory spikes per test image", f"{s['test_spikes_per_image']:.1f}")
     return table
 
 
@@ -379,9 +405,11 @@ def evaluate(
     table.add_row("accuracy", f"[bold]{100 * report['accuracy']:.2f} %[/bold]")
     for k, acc in enumerate(report["per_class_accuracy"]):
         table.add_row(f"  class {k}", f"{100 * acc:.2f} %")
-    for name, value in report["spikes_per_sample"].items():
+    if "spikes_per_image" in report:  # learning: stdp
+        table.add_row("excitatory spikes per image", f"{report['spikes_per_image']:.1f}")
+    for name, value in report.get("spikes_per_sample", {}).items():
         table.add_row(f"spikes per image, {name}", f"{value:.1f}")
-    for name, value in report["synaptic_operations_per_inference"].items():
+    for name, value in report.get("synaptic_operations_per_inference", {}).items():
         table.add_row(name.replace("_", " "), f"{value:,.0f}")
     out.print(table)
     print(folder, flush=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from snnrun import compare, distributed, event_data, neurons, nir_graph, plots, trials
+from snnrun import compare, distributed, event_data, neurons, nir_graph, plots, stdp, trials
 from snnrun import sweep as sweeps
 from snnrun.config import (
     ConfigError,
@@ -51,6 +51,7 @@ from snnrun.schema import (
     TRAIN_KINDS,
     ConvSpec,
     SimulationConfig,
+    STDPConfig,
     TrainConfig,
     config_to_dict,
     parse_simulation,
@@ -243,7 +244,7 @@ def load_train_config(path: Path | None, overrides: list[str], device: str | Non
     with blame_overrides(overrides, device):
         cfg = parse_train(data, str(path))
         resolve_device(cfg.device, source=str(path))
-        if cfg.train.init_from is not None and resume is None:
+        if isinstance(cfg, TrainConfig) and cfg.train.init_from is not None and resume is None:
             initial_weights(cfg)  # the weights exist and fit the network: checked before any work
     if resume is not None and overrides:
         original = parse_train(load_yaml(path), str(path))
@@ -251,8 +252,9 @@ def load_train_config(path: Path | None, overrides: list[str], device: str | Non
             raise ConfigError("--set cannot change a run being resumed (it must end as it began)", source="--set")
     if resume is not None:
         checkpoint = resume / "checkpoints" / "last.pt"
+        keys = stdp.RESUME_KEYS if isinstance(cfg, STDPConfig) else RESUME_KEYS
         try:
-            saved = read_checkpoint(checkpoint, keys=RESUME_KEYS).get("config")
+            saved = read_checkpoint(checkpoint, keys=keys).get("config")
         except CheckpointError as error:
             raise RunFolderError(f"{error}; nothing to resume from", source=str(checkpoint)) from None
         edited = config_changes(_resolved_again(saved), config_to_dict(cfg)) if saved is not None else []
@@ -375,6 +377,8 @@ def run_training(cfg: TrainConfig, out: Path, callbacks: Callbacks, resume: Path
 
     Under torchrun (`ranks.active`) every rank trains its share; rank 0 alone writes the folder and returns
     the run, the others return None."""
+    if isinstance(cfg, STDPConfig):
+        return _train_stdp(cfg, out, callbacks, resume, on_folder, into, notes)
     device = resolve_device(cfg.device)
     if cfg.tensorboard:
         require_tensorboard(source="tensorboard")
@@ -456,6 +460,58 @@ def _train_in_folder(cfg, splits, out, callbacks, resume, on_folder, device, ran
                   f"{summary['train_seconds']:.1f} s of training\n")
     distributed.all_done(ranks)
     return TrainingRun(folder, cfg, summary)
+
+
+def _train_stdp(cfg: STDPConfig, out: Path, callbacks: Callbacks, resume: Path | None, on_folder, into: Path | None,
+                notes: list[str] | None) -> TrainingRun:
+    """`learning: stdp`: train Diehl & Cook's network into a new run folder (or continue `resume`), label, test,
+    plot; the same folder layout as every training run."""
+    ensure_writable(resume / "checkpoints" if resume is not None else into if into is not None else out)
+    _check_empty(into)
+    data = stdp.load_data(cfg)  # a missing data set fails before a folder is made
+    if resume is None:
+        folder = claim_run_dir(out, cfg.name, into=into)
+        write_text(folder / "config.yaml", dump_yaml(config_to_dict(cfg)))
+        write_json(folder / "env.json", environment("cpu"))
+    else:
+        folder = resume
+    if on_folder is not None:
+        on_folder(folder)
+    with open(folder / "run.log", "a", encoding="utf-8") as log:
+        log.write(f"{'resumed' if resume else 'started'} on cpu (compiled STDP loop): {' '.join(sys.argv)}\n")
+        log.write("".join(f"{note}\n" for note in notes or []))
+    summary = stdp.train_stdp(cfg, folder, callbacks, resume=resume is not None, data=data)
+    history = summary.pop("history")
+    write_text(folder / "metrics.jsonl", "".join(json.dumps(record) + "\n" for record in history))
+    write_csv(folder / "metrics.csv", [flatten(record) for record in history])
+    skipped = _plot_stdp(cfg, folder, history, summary, callbacks.should_stop)
+    accuracy = f"test accuracy {100 * summary['test_accuracy']:.2f} %"
+    if skipped:
+        with open(folder / "run.log", "a", encoding="utf-8") as log:
+            log.write(f"stopped while plotting ({accuracy}, final); not drawn: {', '.join(skipped)}; "
+                      f"`snnrun train --resume {folder}` draws them and writes summary.json\n")
+        raise TrainingInterrupted(f"stopped while plotting, after the final test score ({accuracy}); "
+                                  f"not drawn: {', '.join(skipped)}")
+    write_json(folder / "summary.json", summary)  # last: its presence marks a finished run
+    with open(folder / "run.log", "a", encoding="utf-8") as log:
+        log.write(f"finished: {accuracy}, {summary['train_seconds']:.1f} s of training\n")
+    return TrainingRun(folder, cfg, summary)
+
+
+def _plot_stdp(cfg: STDPConfig, folder: Path, history: list[dict], summary: dict,
+               should_stop: Callable[[], bool]) -> list[str]:
+    """The paper's figure of learned weights, theta, assignments per class, accuracy over training, confusion."""
+    trained = stdp.load_trained(folder / "checkpoints" / "best.pt")
+    title = f"{cfg.name}: {cfg.stdp.excitatory_neurons} excitatory neurons"
+    accuracy = f"test accuracy {100 * summary['test_accuracy']:.2f} %"
+    jobs = [("weights.png", lambda: plots.receptive_fields(trained.w, folder / "weights.png",
+                                                          f"{title}: input weights (receptive fields)")),
+            ("curves.png", lambda: plots.stdp_curves(history, folder / "curves.png", title)),
+            ("theta.png", lambda: plots.theta(trained.theta, trained.assignments, folder / "theta.png", title)),
+            ("assignments.png", lambda: plots.assignments(trained.assignments, folder / "assignments.png", title)),
+            ("confusion.png", lambda: plots.confusion(np.asarray(summary["confusion"]), folder / "confusion.png",
+                                                      f"{folder.name}: {accuracy}"))]
+    return plots.draw_in_turn(jobs, should_stop)
 
 
 def _tensorboard_log(cfg: TrainConfig, folder: Path, device, splits) -> TensorBoardLog:
@@ -589,6 +645,8 @@ def run_evaluation(path: Path, split: str = "test", device: str | None = None,
     if split not in ("test", "val"):
         raise ConfigError(f"{split!r} is not allowed; expected test or val", source="--split")
     run = scored_with(locate(path), list(overrides))
+    if isinstance(run.config, STDPConfig):
+        return _evaluate_stdp(run, split, list(overrides), should_stop)
     torch_device = resolve_device(device or run.config.device, source="--device" if device else None)
     ensure_writable(run.folder / "eval")
     model = load_network(run, torch_device)  # a damaged checkpoint fails before any data is read
@@ -610,6 +668,34 @@ def run_evaluation(path: Path, split: str = "test", device: str | None = None,
     with StagedRun(run.folder / "eval", split) as staged:
         write_json(staged.path / "eval.json", report)
         skipped = plots.draw_in_turn([("confusion.png", confusion), ("spike_counts.gif", animation)], should_stop)
+        if skipped:
+            raise plots.Stopped(f"stopped before {', '.join(skipped)} ({accuracy}); no eval folder written")
+    return staged.final, report
+
+
+def _evaluate_stdp(run: TrainedRun, split: str, overrides: list[str],
+                   should_stop: Callable[[], bool]) -> tuple[Path, dict]:
+    """eval of an STDP run: the frozen network and its assignments scored on the test images."""
+    if split != "test":
+        raise ConfigError(f"{split!r} is not allowed for an STDP run (it holds out no validation images); use test",
+                          source="--split")
+    ensure_writable(run.folder / "eval")
+    try:
+        trained = stdp.load_trained(run.checkpoint)
+    except CheckpointError as error:
+        raise RunFolderError(str(error), source=str(run.checkpoint)) from None
+    _, _, images, labels = stdp.load_data(run.config)
+    result = stdp.score(run.config, trained, images, labels, should_stop=should_stop)
+    matrix = np.asarray(result["confusion"])
+    report = {"split": split, "images": len(labels), "accuracy": result["accuracy"],
+              "per_class_accuracy": (matrix.diagonal() / np.maximum(matrix.sum(axis=1), 1)).tolist(),
+              "confusion": result["confusion"], "spikes_per_image": result["spikes_per_image"],
+              "checkpoint": str(run.checkpoint), **({"overrides": overrides} if overrides else {})}
+    accuracy = f"{split} accuracy {100 * report['accuracy']:.2f} %"
+    with StagedRun(run.folder / "eval", split) as staged:
+        write_json(staged.path / "eval.json", report)
+        skipped = plots.draw_in_turn([("confusion.png", lambda: plots.confusion(
+            matrix, staged.path / "confusion.png", f"{run.folder.name}: {accuracy}"))], should_stop)
         if skipped:
             raise plots.Stopped(f"stopped before {', '.join(skipped)} ({accuracy}); no eval folder written")
     return staged.final, report

@@ -676,3 +676,92 @@ def study(study, folder: Path, title: str = "", label: str = "", per_epoch: bool
         ax.set_title(f"{title}: {ax.get_title()}" if title else ax.get_title())
         _save(ax.figure, folder / name)
     return notes
+
+
+# --------------------------------------------------------------------------- STDP (Diehl & Cook)
+
+MAX_FIELDS = 1600  # receptive fields tiled in weights.png (40 x 40 tiles of 28 x 28: about 1,100 pixels square)
+
+
+def receptive_fields(w: np.ndarray, path: Path, title: str = "", side: int = 28) -> Path:
+    """The input weights of each excitatory neuron as a side x side image, tiled in one picture (the paper's
+    figure of learned weights): one shared scale from 0 to the largest weight."""
+    n = min(w.shape[1], MAX_FIELDS)
+    cols = int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    tiles = np.full((rows * side, cols * side), np.nan)
+    for k in range(n):
+        r, c = divmod(k, cols)
+        tiles[r * side:(r + 1) * side, c * side:(c + 1) * side] = w[:, k].reshape(side, side)
+    size = min(12.0, 2.0 + 0.35 * cols)
+    fig, ax = plt.subplots(figsize=(size + 1.2, size * rows / cols + 0.6))
+    image = ax.imshow(tiles, cmap="hot_r", vmin=0, vmax=float(np.nanmax(tiles)) or 1.0, interpolation="nearest")
+    for k in range(1, cols):
+        ax.axvline(k * side - 0.5, color="0.75", lw=0.4)
+    for k in range(1, rows):
+        ax.axhline(k * side - 0.5, color="0.75", lw=0.4)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    shown = f" (first {n} of {w.shape[1]})" if n < w.shape[1] else ""
+    ax.set_title((title or "input weights") + shown)
+    fig.colorbar(image, ax=ax, label="weight", fraction=0.04, pad=0.02)
+    return _save(fig, path)
+
+
+def stdp_curves(history: list[dict], path: Path, title: str = "") -> Path:
+    """Over the training images: the running accuracy (each block classified with the assignments of the images
+    before it), the excitatory spikes per image and the mean adaptive threshold theta."""
+    images = [r["images"] for r in history]
+    fig, (ax_a, ax_s, ax_t) = plt.subplots(1, 3, figsize=(15, 4))
+    scored = [(r["images"], 100 * r["train_accuracy"]) for r in history if "train_accuracy" in r]
+    if scored:
+        ax_a.plot(*zip(*scored, strict=True), ".-", ms=3)
+    ax_a.set_ylabel("accuracy on the next images (%)")
+    ax_a.set_ylim(0, 100)
+    ax_s.plot(images, [r["spikes_per_image"] for r in history], ".-", ms=3)
+    ax_s.set_ylabel("excitatory spikes per image")
+    ax_t.plot(images, [r["theta_mean_mv"] for r in history], ".-", ms=3)
+    ax_t.set_ylabel("mean theta (mV)")
+    for ax in (ax_a, ax_s, ax_t):
+        ax.set_xlabel("training images presented")
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def theta(theta_mv: np.ndarray, assignments: np.ndarray, path: Path, title: str = "") -> Path:
+    """Each excitatory neuron's adaptive threshold theta, coloured by its assigned class, and their histogram."""
+    fig, (ax_n, ax_h) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [2, 1]})
+    colours = plt.get_cmap("tab10")
+    for c in range(-1, 10):
+        members = np.flatnonzero(assignments == c)
+        if len(members):
+            ax_n.scatter(members, theta_mv[members], s=8, color="0.6" if c < 0 else colours(c),
+                         label="silent" if c < 0 else str(c))
+    ax_n.set_xlabel("excitatory neuron")
+    ax_n.set_ylabel("theta (mV)")
+    ax_n.legend(title="class", frameon=False, fontsize=7, ncol=2, loc="center left", bbox_to_anchor=(1, 0.5))
+    ax_h.hist(theta_mv, bins=min(40, max(5, len(theta_mv) // 5)), color="tab:blue")
+    ax_h.set_xlabel("theta (mV)")
+    ax_h.set_ylabel("neurons")
+    for ax in (ax_n, ax_h):
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{title}: adaptive thresholds" if title else "adaptive thresholds")
+    return _save(fig, path)
+
+
+def assignments(assigned: np.ndarray, path: Path, title: str = "", classes: int = 10) -> Path:
+    """Excitatory neurons assigned to each class (and those that never fired while labelling)."""
+    counts = np.bincount(assigned[assigned >= 0], minlength=classes)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.bar(range(classes), counts, color="tab:blue")
+    for c, k in enumerate(counts):
+        ax.text(c, k, str(int(k)), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(classes))
+    ax.set_xlabel("class")
+    ax.set_ylabel("neurons assigned")
+    silent = int((assigned < 0).sum())
+    ax.set_title(f"{title}: neurons per class" + (f" ({silent} silent)" if silent else ""))
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)

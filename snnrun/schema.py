@@ -28,10 +28,12 @@ from snnrun.config import (
 from snnrun.data import DATASETS
 from snnrun.event_data import EVENT_SETS
 from snnrun.neurons import ENGINES, MODELS, LapicqueConfig, LeakyConfig, LIFConfig, SynapticConfig
+from snnrun.neurons.conductance import ExcitatoryConfig, InhibitoryConfig
 from snnrun.stimulus import parse_stimulus
 from snnrun.surrogate import KINDS as SURROGATES
 
 DTYPES = ("float32", "float64")
+LEARNING = ("bptt", "stdp")
 READOUTS = ("rate", "membrane", "mean_current")
 
 
@@ -642,6 +644,9 @@ class TrainSettings:
 @dataclass(frozen=True)
 class TrainConfig:
     name: str = field("mnist", "string", "suffix of the run folder")
+    learning: str = choice("bptt", LEARNING, "bptt: surrogate-gradient backpropagation through time (the sections "
+                           "below); stdp: Diehl & Cook's unsupervised network (its own sections: see configs/"
+                           "stdp_mnist.yaml)")
     device: str = field("auto", "string", "auto, cpu, cuda, cuda:N or mps")
     threads: int | None = integer(None, "CPU threads for torch (null: one for a small network, else torch's "
                                   "default or OMP_NUM_THREADS)", minimum=1, nullable=True)
@@ -732,7 +737,9 @@ def _time_steps_from_duration(data: dict) -> dict:
 TRAIN_KINDS = (KindKey("encoding", "kind", "direct", keeps=("time_steps",)),)
 
 
-def parse_train(data: dict, source: str | None) -> TrainConfig:
+def parse_train(data: dict, source: str | None) -> TrainConfig | STDPConfig:
+    if isinstance(data, dict) and data.get("learning") == "stdp":
+        return parse(STDPConfig, data, source=source)
     section = data.get("data") if isinstance(data, dict) else None
     dataset = section.get("dataset") if isinstance(section, dict) else None
     factor = section.get("downsample", 1) if isinstance(section, dict) else 1
@@ -747,9 +754,93 @@ def parse_train(data: dict, source: str | None) -> TrainConfig:
     return parse(TrainConfig, data, source=source, sections={"model": model})
 
 
-def config_to_dict(cfg: TrainConfig) -> dict:
+def config_to_dict(cfg: TrainConfig | STDPConfig) -> dict:
     out = to_dict(cfg)
+    if isinstance(cfg, STDPConfig):
+        return out
     out["model"] = model_to_dict(cfg.model)
     return out
 
 
+
+
+# --------------------------------------------------------------------------- train with learning: stdp
+
+
+@dataclass(frozen=True)
+class STDPData:
+    dataset: str = choice("mnist", list(DATASETS), "28 x 28 grey images of 10 classes, in torchvision's layout")
+    root: str = field("data", "string", "folder holding MNIST/raw/*-ubyte (FashionMNIST/raw, KMNIST/raw)")
+    download: bool = field(False, "bool", "let torchvision download the data set when it is missing")
+
+
+@dataclass(frozen=True)
+class STDPInput:
+    dt_ms: float = number(0.5, "integration step (ms)", minimum=0, exclusive_minimum=True)
+    duration_ms: float = number(350.0, "each image's presentation (ms)", minimum=0, exclusive_minimum=True)
+    rest_ms: float = number(150.0, "rest after each presentation, no input, the network running on (ms)", minimum=0)
+    max_rate_hz: float = number(63.75, "Poisson rate of a full (255) pixel (Hz; the original: pixel / 8 * 2)",
+                                minimum=0, exclusive_minimum=True)
+    rate_step_hz: float = number(31.875, "added to max_rate_hz each time an image is shown again (Hz; the "
+                                 "original: input_intensity += 1)", minimum=0)
+    min_spikes: int = integer(5, "an image drawing fewer excitatory spikes than this is shown again, at a higher "
+                              "rate", minimum=0)
+    max_presentations: int = integer(20, "the most times one image is shown (the original has no limit)", minimum=1)
+
+    def validate(self, path, source):
+        for name in ("duration_ms", "rest_ms"):
+            steps = getattr(self, name) / self.dt_ms
+            if abs(steps - round(steps)) > 1e-6 * max(1.0, steps):
+                raise ConfigError(f"{getattr(self, name)} is not allowed; it must be a whole number of {path}.dt_ms "
+                                  f"({self.dt_ms} ms) steps", source=source, key=f"{path}.{name}",
+                                  related=(f"{path}.dt_ms",))
+
+
+@dataclass(frozen=True)
+class STDPPlasticity:
+    nu_pre: float = number(1e-4, "depression at each input spike: w -= nu_pre * post1", minimum=0)
+    nu_post: float = number(1e-2, "potentiation at each excitatory spike: w += nu_post * pre * post2", minimum=0)
+    tau_pre_ms: float = number(20.0, "decay of the input spike trace pre (ms)", minimum=0, exclusive_minimum=True)
+    tau_post1_ms: float = number(20.0, "decay of the excitatory trace post1 (ms)", minimum=0, exclusive_minimum=True)
+    tau_post2_ms: float = number(40.0, "decay of the excitatory trace post2 (ms)", minimum=0, exclusive_minimum=True)
+    wmax: float = number(1.0, "weights are clipped to [0, wmax]", minimum=0, exclusive_minimum=True)
+
+
+@dataclass(frozen=True)
+class STDPNetwork:
+    excitatory_neurons: int = integer(100, "excitatory neurons (and as many inhibitory partners)", minimum=1,
+                                      maximum=100_000)
+    w_input_scale: float = number(0.3, "initial input weights: (U[0, 1) + 0.01) * this", minimum=0,
+                                  exclusive_minimum=True)
+    weight_total: float = number(78.0, "the input weights into each excitatory neuron are scaled to sum to this "
+                                 "before each presentation", minimum=0, exclusive_minimum=True)
+    w_exc_inh: float = number(10.4, "excitatory -> its inhibitory partner (one to one)", minimum=0)
+    w_inh_exc: float = number(17.0, "inhibitory -> every other excitatory neuron", minimum=0)
+    input_delay_ms: float = number(10.0, "each input -> excitatory synapse delays its spikes by U[0, this) ms, cut to "
+                                   "whole steps (the original's delay['ee_input']; 0: none)", minimum=0)
+    excitatory: ExcitatoryConfig = section(ExcitatoryConfig)
+    inhibitory: InhibitoryConfig = section(InhibitoryConfig)
+    input: STDPInput = section(STDPInput)
+    plasticity: STDPPlasticity = section(STDPPlasticity)
+
+
+@dataclass(frozen=True)
+class STDPTrain:
+    epochs: int = integer(1, "passes over the training images, in the data set's order", minimum=1)
+    seed: int = integer(0, "seed of the initial weights and the input spikes")
+    label_images: int = integer(60000, "training images shown to the trained, frozen network to assign each "
+                                "neuron its class (at most the training images)", minimum=1)
+    window: int = integer(10000, "accuracy over training: each block of images classified with assignments from "
+                          "the responses to this many images before it", minimum=100)
+    checkpoint_every: int = integer(5000, "images between checkpoints (last.pt)", minimum=250)
+    subset: SubsetConfig = section(SubsetConfig)
+
+
+@dataclass(frozen=True)
+class STDPConfig:
+    name: str = field("stdp_mnist", "string", "suffix of the run folder")
+    learning: str = choice("stdp", LEARNING, "stdp: Diehl & Cook (2015), unsupervised learning by STDP")
+    device: str = choice("cpu", ["auto", "cpu"], "the network runs as a compiled loop on the CPU (numba)")
+    data: STDPData = section(STDPData)
+    stdp: STDPNetwork = section(STDPNetwork)
+    train: STDPTrain = section(STDPTrain)
