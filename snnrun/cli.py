@@ -192,7 +192,9 @@ def _fmt(value) -> str:
              "\n\n"
              "  snnrun train configs/mnist.yaml --set train.init_from=outputs/train/2026-01-01_12-00-00_mnist"
              "   # fine-tune\n\n"
-             "  snnrun train configs/mnist.yaml --nproc 2        # or: torchrun --nproc_per_node=2 -m snnrun train ...")
+             "  snnrun train configs/mnist.yaml --nproc 2        # or: torchrun --nproc_per_node=2 -m snnrun train "
+             "...\n\n"
+             "  snnrun train configs/stdp_mnist.yaml --set stdp.excitatory_neurons=400   # Diehl & Cook, STDP")
 @user_errors
 def train(
     config: Annotated[Path | None, typer.Argument(help="YAML config (not needed with --resume).")] = None,
@@ -214,7 +216,8 @@ def train(
                                                "run: continue it to N epochs in a new run folder (the finished one "
                                                "is kept as it is).")] = None,
 ) -> None:
-    """Train a feedforward LIF network on MNIST; write metrics, checkpoints and plots."""
+    """Train a feedforward LIF network on MNIST (or, with learning: stdp, Diehl & Cook's network by STDP); write
+    metrics, checkpoints and plots."""
     from snnrun import distributed
     from snnrun.commands import continue_finished, launch_processes, load_train_config, run_training
     from snnrun.training import Callbacks, TrainingDiverged, TrainingInterrupted
@@ -230,6 +233,9 @@ def train(
         into = None
         err.print(f"continuing in {resume}", highlight=False, soft_wrap=True)
     cfg, resume_dir = load_train_config(config, set_ or [], device, resume, force, notes)
+    if cfg.learning == "stdp" and nproc > 1:
+        raise ConfigError(f"{nproc} is not allowed for learning: stdp (it learns online, one digit after another, "
+                          "in one process; labelling and testing use every core already)", source="--nproc")
     ranks = distributed.from_environment()
     if ranks.main:
         _notes(notes)
@@ -651,6 +657,11 @@ def predict(
     from snnrun.predict import read_images
 
     trained = locate(run)
+    if trained.config.learning == "stdp":
+        from snnrun.config import RunFolderError
+
+        raise RunFolderError(f"{trained.folder} is an STDP run; predict takes runs trained with backpropagation "
+                             "(score an STDP run with snnrun eval)")
     if trained.config.data.events:
         from snnrun.config import RunFolderError
 

@@ -272,15 +272,16 @@ def continue_finished(finished: Path, epochs: int, out: Path, into: Path | None 
         raise RunFolderError("--epochs continues a finished run into a new folder; this one has not finished "
                              "(resume it first: snnrun train --resume RUN)", source=str(finished))
     last = finished / "checkpoints" / "last.pt"
+    data = load_yaml(finished / "config.yaml")
+    learning_stdp = isinstance(data, dict) and data.get("learning") == "stdp"
     try:
-        state = read_checkpoint(last, keys=RESUME_KEYS)
+        state = read_checkpoint(last, keys=stdp.RESUME_KEYS if learning_stdp else RESUME_KEYS)
     except (CheckpointError, FileNotFoundError) as error:
         raise RunFolderError(f"cannot continue from it ({error})", source=str(last)) from None
-    done = int(state["epoch"])
+    done = int(state["position"][0]) if learning_stdp else int(state["epoch"])
     if epochs <= done:
         raise ConfigError(f"{epochs} is not allowed; the run has trained {done} epochs, so give more",
                           source="--epochs")
-    data = load_yaml(finished / "config.yaml")
     data.setdefault("train", {})["epochs"] = epochs
     cfg = parse_train(data, str(finished / "config.yaml"))
     state["config"] = config_to_dict(cfg)
@@ -753,6 +754,10 @@ def plan_sweep(path: Path, grid: list[str], overrides: list[str], device: str | 
                 raise
             raise ConfigError(f"{error.detail} (sweep member {member.name})", source=f"{path} (sweep grid)",
                               key=error.key) from None
+        if isinstance(cfg, STDPConfig):
+            raise ConfigError("stdp is not allowed in a sweep yet (its members report no per-epoch validation "
+                              "score to rank or prune by); run each config with snnrun train", source=str(path),
+                              key="learning")
     resolve_device(cfg.device, source="--device" if device else str(path))
     return config, plan
 
@@ -908,6 +913,10 @@ def run_export(path: Path, target: Path | None = None, dt: float = nir_graph.DEF
     if not dt > 0:
         raise ConfigError(f"{dt!r} is not allowed; the step must be > 0 seconds", source="--dt")
     run = locate(path)
+    if isinstance(run.config, STDPConfig):
+        raise RunFolderError("an STDP network (conductance-based neurons, adaptive thresholds, synaptic delays and "
+                             "inhibition between neurons of one layer) has no NIR form: NIR has no such nodes",
+                             source=str(run.folder))
     model = load_network(run, torch.device("cpu"))
     graph = nir_graph.to_nir(model, config_to_dict(run.config), dt)
     target = target or run.folder / "model.nir"

@@ -740,14 +740,15 @@ def theta(theta_mv: np.ndarray, assignments: np.ndarray, path: Path, title: str 
             ax_n.scatter(members, theta_mv[members], s=8, color="0.6" if c < 0 else colours(c),
                          label="silent" if c < 0 else str(c))
     ax_n.set_xlabel("excitatory neuron")
-    ax_n.set_ylabel("theta (mV)")
-    ax_n.legend(title="class", frameon=False, fontsize=7, ncol=2, loc="center left", bbox_to_anchor=(1, 0.5))
+    ax_n.legend(frameon=False, fontsize=7, ncol=11, loc="lower center", bbox_to_anchor=(0.5, 1.0),
+                handletextpad=0.1, columnspacing=0.8)
     ax_h.hist(theta_mv, bins=min(40, max(5, len(theta_mv) // 5)), color="tab:blue")
     ax_h.set_xlabel("theta (mV)")
     ax_h.set_ylabel("neurons")
     for ax in (ax_n, ax_h):
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{title}: adaptive thresholds" if title else "adaptive thresholds")
+    ax_n.set_ylabel("theta (mV), coloured by assigned class")
+    fig.suptitle(f"{title}: adaptive thresholds" if title else "adaptive thresholds", y=1.06)
     return _save(fig, path)
 
 

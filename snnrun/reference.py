@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from snnrun.config import reference_rows
+from snnrun.neurons.conductance import ExcitatoryConfig, InhibitoryConfig
 from snnrun.schema import (
     NEURONS,
     TRAINED,
@@ -15,6 +16,12 @@ from snnrun.schema import (
     LayerSpec,
     ModelConfig,
     SimulationConfig,
+    STDPConfig,
+    STDPData,
+    STDPInput,
+    STDPNetwork,
+    STDPPlasticity,
+    STDPTrain,
     SubsetConfig,
     SurrogateSpec,
     TrainConfig,
@@ -62,7 +69,20 @@ def training_reference() -> str:
     return "\n".join(parts).rstrip() + "\n"
 
 
-SECTIONS = {"simulate": simulation_reference, "train": training_reference}
+def stdp_reference() -> str:
+    parts = _table("Top level", STDPConfig)
+    parts += _table("`data`", STDPData, "data.")
+    parts += _table("`stdp`", STDPNetwork, "stdp.")
+    parts += _table("`stdp.excitatory`", ExcitatoryConfig, "stdp.excitatory.")
+    parts += _table("`stdp.inhibitory`", InhibitoryConfig, "stdp.inhibitory.")
+    parts += _table("`stdp.input`", STDPInput, "stdp.input.")
+    parts += _table("`stdp.plasticity`", STDPPlasticity, "stdp.plasticity.")
+    parts += _table("`train`", STDPTrain, "train.")
+    parts += _table("`train.subset`", SubsetConfig, "train.subset.")
+    return "\n".join(parts).rstrip() + "\n"
+
+
+SECTIONS = {"simulate": simulation_reference, "train": training_reference, "stdp": stdp_reference}
 
 
 def splice(readme: str) -> str:

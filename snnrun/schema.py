@@ -798,7 +798,9 @@ class STDPInput:
 
 @dataclass(frozen=True)
 class STDPPlasticity:
-    nu_pre: float = number(1e-4, "depression at each input spike: w -= nu_pre * post1", minimum=0)
+    """The original code's rule (the paper's "triplet" variant): traces pre (per synapse), post1 and post2."""
+
+    nu_pre: float = number(1e-4, "depression at each input spike's arrival: w -= nu_pre * post1", minimum=0)
     nu_post: float = number(1e-2, "potentiation at each excitatory spike: w += nu_post * pre * post2", minimum=0)
     tau_pre_ms: float = number(20.0, "decay of the input spike trace pre (ms)", minimum=0, exclusive_minimum=True)
     tau_post1_ms: float = number(20.0, "decay of the excitatory trace post1 (ms)", minimum=0, exclusive_minimum=True)

@@ -13,6 +13,7 @@ before it. Nothing here prints: progress goes to `training.Callbacks`, files int
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,18 +266,44 @@ def train_stdp(cfg: STDPConfig, folder: Path, callbacks: Callbacks | None = None
 
 
 def frozen_responses(cfg: STDPConfig, trained: Trained, images: np.ndarray, phase: int,
-                     should_stop=lambda: False) -> np.ndarray:
-    """Spike counts of the frozen network (no learning, theta fixed) to each image, from rest."""
-    state = fresh_state(cfg, trained.w, trained.theta, trained.delays)
-    out = []
-    for b in range(math.ceil(len(images) / CHUNK)):
-        if should_stop():
-            raise TrainingInterrupted("stopped while labelling or scoring, after training; the trained network is "
-                                      "in checkpoints/last.pt")
+                     should_stop=lambda: False, workers: int | None = None) -> np.ndarray:
+    """Spike counts of the frozen network (no learning, theta fixed) to each image. Each block of CHUNK images
+    starts from rest with input spikes of its own seed, so the blocks are independent: they run on `workers`
+    threads at once (default: one per core; the compiled loop releases the GIL) and give the same counts on any
+    number of them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    base = fresh_state(cfg, trained.w, trained.theta, trained.delays)  # w, theta and delays: read, never written
+    blocks = math.ceil(len(images) / CHUNK)
+    workers = max(1, min(workers or os.cpu_count() or 1, blocks))
+
+    def block(b: int) -> np.ndarray:
+        state = rested(cfg, base)
         counts, _ = run_block(state, cfg, images[b * CHUNK:(b + 1) * CHUNK], False,
                               block_seed(cfg.train.seed, phase, 0, b))
-        out.append(counts)
+        return counts
+
+    out = []
+    with ThreadPoolExecutor(workers) as pool:
+        for wave in range(0, blocks, workers):
+            if should_stop():
+                raise TrainingInterrupted("stopped while labelling or scoring, after training; the trained network "
+                                          "is in checkpoints/last.pt")
+            out += list(pool.map(block, range(wave, min(wave + workers, blocks))))
     return np.concatenate(out) if out else np.zeros((0, trained.w.shape[1]), np.int32)
+
+
+def rested(cfg: STDPConfig, state):
+    """A copy of a state at rest that shares its weights, thresholds and delays."""
+    n = state.v_e.shape[0]
+    e, i = cfg.stdp.excitatory, cfg.stdp.inhibitory
+    from snnrun.stdp_kernel import NEVER
+
+    return state._replace(v_e=np.full(n, e.v_start_mv), ge_e=np.zeros(n), gi_e=np.zeros(n),
+                          last_e=np.full(n, NEVER, np.int64), v_i=np.full(n, i.v_start_mv), ge_i=np.zeros(n),
+                          gi_i=np.zeros(n), last_i=np.full(n, NEVER, np.int64), post1=np.zeros(n),
+                          post2=np.zeros(n), last_arrival=np.full(state.w.shape, NEVER, np.int64),
+                          clock=np.zeros(1, np.int64))
 
 
 def score(cfg: STDPConfig, trained: Trained, images: np.ndarray, labels: np.ndarray,

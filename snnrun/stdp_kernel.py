@@ -3,8 +3,8 @@
 One presentation (`present`) runs the step loop below for `present_steps` steps of input and `rest_steps` of
 rest, for all neurons, in the order of the original code's time step:
 
-    1. state update: each membrane by forward Euler (snnrun.neurons.conductance), conductances, theta and the
-       post-synaptic traces decay;
+    1. state update: each membrane by forward Euler (snnrun.neurons.conductance; split into sub-steps in the rare
+       steps where one would overshoot, see `_membrane`), conductances, theta and the post-synaptic traces decay;
     2. thresholds: excitatory v > v_thresh + theta - offset, inhibitory v > v_thresh, not while refractory;
     3. synapses: each excitatory spike (learning) potentiates its input weights by nu_post * pre * post2 (post2
        before this spike); each input spike arrives at each excitatory neuron after that synapse's delay (0 to
@@ -40,6 +40,21 @@ _euler = njit(inline="always", **_OPTIONS)(euler_membrane)
 NEVER = -(1 << 60)  # the step of the last spike of a neuron or input that has not fired
 TINY = 1e-30  # a decaying conductance or trace below this is 0: it moves no membrane or weight by a float64 ulp,
 # and left to decay it becomes a subnormal number, whose arithmetic is ~100x slower (training slowed 2x without it)
+
+
+@njit(inline="always", **_OPTIONS)
+def _membrane(v, ge, gi, v_rest, e_exc, e_inh, dt_over_tau):
+    """The membrane's forward-Euler step (`snnrun.neurons.conductance.euler_membrane`), split into n equal
+    sub-steps (conductances held) when dt/tau * (1 + ge + gi) > 1, n = ceil of that: there one Euler step would
+    overshoot the membrane's target potential, and from 2 on it diverges (a 400-neuron network ran to +30,000 mV
+    when some 24 inhibitory neurons fired in one step). Where one step does not overshoot it is the plain step."""
+    rate = dt_over_tau * (1.0 + ge + gi)
+    if rate <= 1.0:
+        return _euler(v, ge, gi, v_rest, e_exc, e_inh, dt_over_tau)
+    n = int(np.ceil(rate))
+    for _ in range(n):
+        v = _euler(v, ge, gi, v_rest, e_exc, e_inh, dt_over_tau / n)
+    return v
 
 
 @njit(inline="always", **_OPTIONS)
@@ -116,6 +131,42 @@ class State(NamedTuple):
     clock: np.ndarray  # int64 (1,): steps run so far
 
 
+@njit(inline="always", **_OPTIONS)
+def _needs_split(st, c):
+    """Whether any membrane needs the split step now (`_membrane`)."""
+    worst = 0.0
+    for j in range(st.v_e.shape[0]):
+        x = c.e_dt_tau * (1.0 + st.ge_e[j] + st.gi_e[j])
+        y = c.i_dt_tau * (1.0 + st.ge_i[j] + st.gi_i[j])
+        worst = x if x > worst else worst
+        worst = y if y > worst else worst
+    return worst > 1.0
+
+
+@njit(inline="always", **_OPTIONS)
+def _update(st, c, g, split):
+    """Step 1 for every neuron: membranes, conductances, post traces (theta apart)."""
+    for j in range(st.v_e.shape[0]):
+        if split:
+            v = _membrane(st.v_e[j], st.ge_e[j], st.gi_e[j], c.e_rest, c.e_exc, c.e_inh, c.e_dt_tau)
+        else:
+            v = _euler(st.v_e[j], st.ge_e[j], st.gi_e[j], c.e_rest, c.e_exc, c.e_inh, c.e_dt_tau)
+        if not c.e_clamp or g - st.last_e[j] >= c.e_refractory:
+            st.v_e[j] = v
+        st.ge_e[j] = _decay(st.ge_e[j], c.e_ge_keep)
+        st.gi_e[j] = _decay(st.gi_e[j], c.e_gi_keep)
+        st.post1[j] = _decay(st.post1[j], c.post1_keep)
+        st.post2[j] = _decay(st.post2[j], c.post2_keep)
+        if split:
+            v = _membrane(st.v_i[j], st.ge_i[j], st.gi_i[j], c.i_rest, c.i_exc, c.i_inh, c.i_dt_tau)
+        else:
+            v = _euler(st.v_i[j], st.ge_i[j], st.gi_i[j], c.i_rest, c.i_exc, c.i_inh, c.i_dt_tau)
+        if not c.i_clamp or g - st.last_i[j] >= c.i_refractory:
+            st.v_i[j] = v
+        st.ge_i[j] = _decay(st.ge_i[j], c.i_ge_keep)
+        st.gi_i[j] = _decay(st.gi_i[j], c.i_gi_keep)
+
+
 @njit(**_OPTIONS)
 def present(st, c, ev_step, ev_index, n_events, learn, counts, record_e, record_i):
     """One presentation and its rest. Input spikes: events (step, input) in step order, `n_events` of them, each
@@ -132,20 +183,12 @@ def present(st, c, ev_step, ev_index, n_events, learn, counts, record_e, record_
     hi = 0
     for n in range(c.present_steps + c.rest_steps):
         g = g0 + n
-        # 1. state update (every derivative from the state at the start of the step)
-        for j in range(n_e):
-            v = _euler(st.v_e[j], st.ge_e[j], st.gi_e[j], c.e_rest, c.e_exc, c.e_inh, c.e_dt_tau)
-            if not c.e_clamp or g - st.last_e[j] >= c.e_refractory:
-                st.v_e[j] = v
-            st.ge_e[j] = _decay(st.ge_e[j], c.e_ge_keep)
-            st.gi_e[j] = _decay(st.gi_e[j], c.e_gi_keep)
-            st.post1[j] = _decay(st.post1[j], c.post1_keep)
-            st.post2[j] = _decay(st.post2[j], c.post2_keep)
-            v = _euler(st.v_i[j], st.ge_i[j], st.gi_i[j], c.i_rest, c.i_exc, c.i_inh, c.i_dt_tau)
-            if not c.i_clamp or g - st.last_i[j] >= c.i_refractory:
-                st.v_i[j] = v
-            st.ge_i[j] = _decay(st.ge_i[j], c.i_ge_keep)
-            st.gi_i[j] = _decay(st.gi_i[j], c.i_gi_keep)
+        # 1. state update (every derivative from the state at the start of the step); the split membrane step
+        # only in the rare steps that need it, so the usual loop stays a vectorised one
+        if _needs_split(st, c):
+            _update(st, c, g, True)
+        else:
+            _update(st, c, g, False)
         if learn:
             for j in range(n_e):
                 st.theta[j] *= c.theta_keep

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +19,8 @@ from snnrun.neurons.conductance import euler_membrane
 from snnrun.schema import STDPConfig, parse_train
 from snnrun.training import Callbacks, TrainingInterrupted
 
-needs_mnist = pytest.mark.skipif(not available("data"), reason="MNIST not prepared (make data)")
+DATA = Path(__file__).resolve().parents[1] / "data"
+needs_mnist = pytest.mark.skipif(not available(DATA), reason="MNIST not prepared (make data)")
 
 
 def config(**sections) -> STDPConfig:
@@ -42,6 +44,22 @@ def events(pairs):
 def test_euler_membrane_by_hand():
     # -65 + 0.5/100 * ((-65 + 65) + 0.5*(0 + 65) + 0.2*(-100 + 65)) = -65 + 0.005 * 25.5
     assert euler_membrane(-65.0, 0.5, 0.2, -65.0, 0.0, -100.0, 0.005) == pytest.approx(-64.8725, abs=1e-12)
+
+
+def test_membrane_step_is_split_where_euler_would_overshoot():
+    from snnrun.stdp_kernel import _membrane
+
+    # dt/tau * (1 + ge + gi) = 0.005 * 31 = 0.155: the plain Euler step
+    assert _membrane(-60.0, 10.0, 20.0, -65.0, 0.0, -100.0, 0.005) == euler_membrane(-60.0, 10.0, 20.0, -65.0, 0.0,
+                                                                                   -100.0, 0.005)
+    # 24 inhibitory spikes of 17 at once: 0.005 * 409 = 2.045 > 2, where one Euler step diverges; three steps of
+    # dt/3 instead, each 68 % of the way toward the target (-65 + 408 * -100) / 409 = -99.91 mV, never past it
+    v = -50.0
+    for _ in range(3):
+        v = euler_membrane(v, 0.0, 408.0, -65.0, 0.0, -100.0, 0.005 / 3)
+    assert _membrane(-50.0, 0.0, 408.0, -65.0, 0.0, -100.0, 0.005) == pytest.approx(v, abs=1e-12)
+    assert -99.91 < v < -98.0
+    assert euler_membrane(-50.0, 0.0, 408.0, -65.0, 0.0, -100.0, 0.005) < -150.0  # one Euler step: far past it
 
 
 def test_stdp_rule_by_hand():
@@ -118,7 +136,7 @@ def test_network_and_learning_match_brian2(max_delay_steps):
     trace decay, the input synapses' on-pre code at arrival) and the compiled loop give the same spikes of both
     populations, weights, thetas and membranes, including steps where an input arrives as its target fires."""
     b2 = pytest.importorskip("brian2")
-    from brian2 import mV, ms
+    from brian2 import ms, mV
 
     rng = np.random.default_rng(3)
     n_in, n, steps, dt = 20, 3, 300, 0.5
@@ -198,7 +216,7 @@ def test_network_and_learning_match_brian2(max_delay_steps):
 
 
 def small(tmp_path, **train):
-    return config(stdp={"excitatory_neurons": 16},
+    return config(data={"root": str(DATA)}, stdp={"excitatory_neurons": 16},
                   train={"subset": {"train": 600, "test": 200}, "label_images": 600, "window": 250,
                          "checkpoint_every": 250, **train})
 
@@ -233,6 +251,7 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
 def test_train_eval_and_plots_through_the_cli(in_tmp):
     cfg = yaml.safe_load((in_tmp / "configs" / "stdp_mnist.yaml").read_text())
     cfg["stdp"]["excitatory_neurons"] = 25
+    cfg["data"]["root"] = str(DATA)
     cfg["train"].update({"subset": {"train": 1000, "test": 300}, "label_images": 1000, "window": 500})
     (in_tmp / "small.yaml").write_text(yaml.safe_dump(cfg))
     runner = CliRunner()
@@ -253,6 +272,16 @@ def test_train_eval_and_plots_through_the_cli(in_tmp):
     assert report["accuracy"] == pytest.approx(summary["test_accuracy"])  # the same seeded input spikes
     result = runner.invoke(app, ["train", "--resume", str(folder)])
     assert result.exit_code == 2 and "never overwritten" in result.output
+    result = runner.invoke(app, ["export", str(folder)])
+    assert result.exit_code == 2 and "no NIR form" in result.output
+    # a second pass over the digits, in a new folder; the finished run stays as it was
+    result = runner.invoke(app, ["train", "--resume", str(folder), "--epochs", "2", "--out", "runs"])
+    assert result.exit_code == 0, result.output
+    other = next(p for p in (in_tmp / "runs").iterdir() if p != folder)
+    assert json.loads((other / "summary.json").read_text())["epochs"] == 2
+    last = json.loads((other / "metrics.jsonl").read_text().splitlines()[-1])
+    assert (last["epoch"], last["images"]) == (2, 2000)
+    assert json.loads((folder / "summary.json").read_text()) == summary
 
 
 @pytest.mark.parametrize(("change", "key"), [

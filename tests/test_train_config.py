@@ -80,4 +80,7 @@ def test_every_shipped_training_config_is_valid(path):
     from snnrun.schema import parse_train
 
     cfg = parse_train(load_yaml(SHIPPED / path), path)
+    if cfg.learning == "stdp":  # Diehl & Cook's network: classes come from the neurons' assignments
+        assert cfg.stdp.excitatory_neurons >= 10
+        return
     assert cfg.model.layer_sizes[-1] == cfg.model.outputs >= cfg.data.classes

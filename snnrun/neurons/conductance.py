@@ -8,6 +8,11 @@ the state at the start of the step).
     a spike when v > v_thresh + theta - offset, not within refractory_ms of the last one;
     then v = v_reset (and theta += theta_plus while learning).
 
+Where one Euler step would overshoot the membrane's target (dt/tau * (1 + ge + gi) > 1: some 24 inhibitory spikes
+at once onto an excitatory neuron) the compiled loop splits the step into equal sub-steps with the conductances
+held: the original's forward Euler diverges there (from 2 on), and a 400-neuron network ran to +30,000 mV. Every
+other step is the original's.
+
 A refractory neuron cannot fire. `clamp_refractory` also holds its membrane at v_reset (Brian's "unless
 refractory"): the inhibitory population's, as in the original code; the excitatory membrane integrates on
 from v_reset, because the original's excitatory reset is a string reset, which Brian 1 does not clamp.
