@@ -369,6 +369,7 @@ def bindsnet_modules():
     """BindsNET's network, model and encoding modules, without its package __init__ (which imports its data sets,
     environments and plotting: packages not installed, and not used by the network; the Makefile installs
     bindsnet with --no-deps)."""
+    import importlib
     import importlib.util
     import types
 
@@ -379,9 +380,9 @@ def bindsnet_modules():
         package = types.ModuleType("bindsnet")
         package.__path__ = list(spec.submodule_search_locations)
         sys.modules["bindsnet"] = package
-    import bindsnet.encoding.encodings as encodings
-    import bindsnet.models.models as models
-    import bindsnet.network  # noqa: F401  (first: its topology and learning modules import each other)
+    importlib.import_module("bindsnet.network")  # first: its topology and learning modules import each other
+    encodings = importlib.import_module("bindsnet.encoding.encodings")
+    models = importlib.import_module("bindsnet.models.models")
 
     return models, encodings
 

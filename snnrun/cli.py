@@ -378,6 +378,9 @@ def _stdp_table(run) -> Table:
     table.add_row("neurons per class", " ".join(str(k) for k in s["neurons_per_class"]))
     table.add_row("silent neurons", str(s["silent_neurons"]))
     table.add_row("excitatory spikes per test image", f"{s['test_spikes_per_image']:.1f}")
+    if "label_seconds" in s:
+        table.add_row("seconds: training, labelling, test",
+                      f"{s['train_seconds']:.0f}, {s['label_seconds']:.0f}, {s['test_seconds']:.0f}")
     return table
 
 

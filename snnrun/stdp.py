@@ -253,11 +253,15 @@ def train_stdp(cfg: STDPConfig, folder: Path, callbacks: Callbacks | None = None
                        "train_accuracy": history[-1].get("train_accuracy")})
 
     trained = Trained(state.w.copy(), state.theta.copy(), np.full(n, -1, np.int64), delays_of(state))
+    started = time.perf_counter()
     labelled = frozen_responses(cfg, trained, x_train[:t.label_images], phase=1, should_stop=cb.should_stop)
     trained.assignments = assign(labelled, y_train[:t.label_images], classes)
+    label_seconds = time.perf_counter() - started
     _save(checkpoints / "best.pt", {**trained.state_dict(), "epoch": epoch})
+    started = time.perf_counter()
     result = score(cfg, trained, x_test, y_test, should_stop=cb.should_stop)
-    return {"test_accuracy": result["accuracy"], "train_seconds": seconds, "epochs": epoch,
+    return {"test_accuracy": result["accuracy"], "train_seconds": seconds, "label_seconds": label_seconds,
+            "test_seconds": time.perf_counter() - started, "epochs": epoch,
             "excitatory_neurons": n, "label_images": len(labelled), "test_images": len(y_test),
             "test_spikes_per_image": result["spikes_per_image"], "history": history,
             "neurons_per_class": np.bincount(trained.assignments[trained.assignments >= 0],
