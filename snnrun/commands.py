@@ -511,8 +511,19 @@ def _plot_stdp(cfg: STDPConfig, folder: Path, history: list[dict], summary: dict
             ("theta.png", lambda: plots.theta(trained.theta, trained.assignments, folder / "theta.png", title)),
             ("assignments.png", lambda: plots.assignments(trained.assignments, folder / "assignments.png", title)),
             ("confusion.png", lambda: plots.confusion(np.asarray(summary["confusion"]), folder / "confusion.png",
-                                                      f"{folder.name}: {accuracy}"))]
+                                                      f"{folder.name}: {accuracy}")),
+            ("raster.png", lambda: _stdp_raster(cfg, trained, folder / "raster.png"))]
     return plots.draw_in_turn(jobs, should_stop)
+
+
+def _stdp_raster(cfg: STDPConfig, trained, path: Path) -> None:
+    """raster.png: the input, excitatory and inhibitory spikes of the frozen network for the first test digit."""
+    _, _, images, labels = stdp.load_data(replace(cfg, train=replace(cfg.train, subset=replace(
+        cfg.train.subset, test=1))))
+    spikes = stdp.digit_spikes(cfg, trained, images[0], cfg.train.seed)
+    plots.network_raster([spikes["input"], spikes["excitatory"], spikes["inhibitory"]],
+                         ["input", "excitatory", "inhibitory"], images[0].reshape(28, 28), int(labels[0]),
+                         spikes["predicted"], path, f"time step ({cfg.stdp.input.dt_ms} ms)")
 
 
 def _tensorboard_log(cfg: TrainConfig, folder: Path, device, splits) -> TensorBoardLog:

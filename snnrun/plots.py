@@ -383,13 +383,13 @@ def training_curves(history: list[dict], path: Path, title: str = "") -> Path:
 
 
 def network_raster(layers: list[np.ndarray], names: list[str], image: np.ndarray, label: int, predicted: int,
-                   path: Path) -> Path:
+                   path: Path, time_label: str = "time step") -> Path:
     """Spikes of every layer for one digit (input, hidden..., output), the digit beside them."""
-    return _save(network_raster_figure(layers, names, image, label, predicted), path)
+    return _save(network_raster_figure(layers, names, image, label, predicted, time_label), path)
 
 
 def network_raster_figure(layers: list[np.ndarray], names: list[str], image: np.ndarray, label: int,
-                          predicted: int):
+                          predicted: int, time_label: str = "time step"):
     """`network_raster`'s figure, left open (for TensorBoard's add_figure, which closes it)."""
     fig = plt.figure(figsize=(11, 2.2 * len(layers) + 1))
     grid = fig.add_gridspec(len(layers), 2, width_ratios=[4, 1])
@@ -405,7 +405,7 @@ def network_raster_figure(layers: list[np.ndarray], names: list[str], image: np.
         if name == "output":
             ax.set_yticks(range(neurons))
         if row == len(layers) - 1:
-            ax.set_xlabel("time step")
+            ax.set_xlabel(time_label)
         else:
             ax.set_xticklabels([])
     ax_img = fig.add_subplot(grid[:, 1])

@@ -310,6 +310,25 @@ def rested(cfg: STDPConfig, state):
                           clock=np.zeros(1, np.int64))
 
 
+def digit_spikes(cfg: STDPConfig, trained: Trained, image: np.ndarray, seed: int) -> dict:
+    """The frozen network's spikes for one image, one presentation from rest: input, excitatory and inhibitory
+    spikes as (steps, neurons) arrays of 0/1, the excitatory counts and the class they give."""
+    from snnrun.stdp_kernel import present_recorded
+
+    c = constants(cfg)
+    state = fresh_state(cfg, trained.w, trained.theta, trained.delays)
+    n_in, n = trained.w.shape
+    steps = c.present_steps
+    exc, inh = np.zeros((steps, n), np.uint8), np.zeros((steps, n), np.uint8)
+    ev_step, ev_index = np.empty(2 * steps * n_in, np.int64), np.empty(2 * steps * n_in, np.int64)
+    counts = np.zeros(n, np.int32)
+    m = present_recorded(state, c, np.ascontiguousarray(image), seed, counts, exc, inh, ev_step, ev_index)
+    inputs = np.zeros((steps, n_in), np.uint8)
+    inputs[ev_step[:m], ev_index[:m]] = 1
+    return {"input": inputs, "excitatory": exc, "inhibitory": inh, "counts": counts,
+            "predicted": int(classify(counts[None], trained.assignments, 10)[0])}
+
+
 def score(cfg: STDPConfig, trained: Trained, images: np.ndarray, labels: np.ndarray,
           should_stop=lambda: False) -> dict:
     """Accuracy, predictions and confusion of the trained network on images (seeded, so repeatable)."""

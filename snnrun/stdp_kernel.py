@@ -305,6 +305,16 @@ def poisson_events(pixels, rate_hz, dt, steps, ev_step, ev_index):
 
 
 @njit(**_OPTIONS)
+def present_recorded(st, c, image, seed, counts, record_e, record_i, ev_step, ev_index):
+    """One presentation of one image by the frozen network, its spikes recorded (record_e, record_i: steps x
+    neurons); the input spikes are left in ev_step, ev_index. Returns their number."""
+    np.random.seed(seed)
+    m = poisson_events(image, c.max_rate_hz, c.dt, c.present_steps, ev_step, ev_index)
+    present(st, c, ev_step, ev_index, m, False, counts, record_e, record_i)
+    return m
+
+
+@njit(**_OPTIONS)
 def run_images(st, c, images, learn, seed, counts, presentations):
     """Present each image (a row of `images`, uint8 pixels) in turn, again at a higher rate while it draws fewer
     than c.min_spikes excitatory spikes (at most c.max_presentations times). counts[k]: each excitatory neuron's

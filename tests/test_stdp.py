@@ -263,8 +263,8 @@ def test_train_eval_and_plots_through_the_cli(in_tmp):
     # 25 neurons after 1,000 digits already classify far above chance (10 %)
     assert summary["test_accuracy"] > 0.4
     assert sum(summary["neurons_per_class"]) + summary["silent_neurons"] == 25
-    for name in ("weights.png", "curves.png", "theta.png", "assignments.png", "confusion.png", "metrics.jsonl",
-                 "config.yaml", "env.json", "checkpoints/best.pt", "checkpoints/last.pt"):
+    for name in ("weights.png", "curves.png", "theta.png", "assignments.png", "confusion.png", "raster.png",
+                 "metrics.jsonl", "config.yaml", "env.json", "checkpoints/best.pt", "checkpoints/last.pt"):
         assert (folder / name).is_file(), name
     assert yaml.safe_load((folder / "config.yaml").read_text())["learning"] == "stdp"
     result = runner.invoke(app, ["eval", str(folder)])
