@@ -56,7 +56,15 @@ def test_chunked_forward_gives_the_loss_and_gradients_of_the_whole(model):
     torch.testing.assert_close(out_b.spike_counts, out_a.spike_counts)
     assert grads_a.keys() == grads_b.keys()
     for name in grads_a:
-        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-4, atol=1e-5, msg=name)
+        _close(grads_b[name], grads_a[name], name)
+
+
+def _close(got: torch.Tensor, expected: torch.Tensor, name: str) -> None:
+    """Equal to float32 rounding of sums taken in another order: within 1e-4 relative, or 1e-5 of the gradient's
+    largest entry (an entry that is a small difference of large terms keeps only the large terms' rounding; with
+    2 threads one weight gradient of max 9.67 differed by 3.1e-5 between the whole and the chunked forward)."""
+    scale = float(expected.abs().max().clamp(min=1.0))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5 * scale, msg=name)
 
 
 def test_direct_input_is_chunked_too():
@@ -66,7 +74,7 @@ def test_direct_input_is_chunked_too():
     loss_b, grads_b, _ = _loss_and_grads(chunked, x, seed=3)
     torch.testing.assert_close(loss_b, loss_a, rtol=1e-5, atol=1e-5)
     for name in grads_a:
-        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-4, atol=1e-5, msg=name)
+        _close(grads_b[name], grads_a[name], name)
 
 
 def test_eval_and_recording_run_whole():
