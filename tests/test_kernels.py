@@ -110,6 +110,21 @@ def test_lif_kernel_matches_the_scan_and_brian2_s_hand_values():
     assert torch.equal(mem, scan_mem)
 
 
+def test_a_kernel_leaves_torch_s_threads_as_they_were():
+    """numba's OpenMP threading layer sets the process's OpenMP thread count when it runs a parallel loop; torch
+    reads that count, so a simulation on the numba engine used to leave torch on numba's threads."""
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            state = neurons.MODELS["leaky"].initial_state(torch.zeros(5000))
+            neurons.run("leaky", torch.full((20, 5000), 0.3), neurons.LeakyParameters(0.9, 1.0), state,
+                        path="kernel")
+            assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_leaky_kernel_hand_computed():
     """beta 0.5, threshold 1, I = 0.6: U = 0.6, 0.9, 1.05 (spike at step 2), then 0.525 + 0.6 - 1 = 0.125, ..."""
     state = neurons.MODELS["leaky"].initial_state(torch.zeros(1, dtype=torch.float64))

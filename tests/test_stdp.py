@@ -139,14 +139,14 @@ def test_network_and_learning_match_brian2(max_delay_steps):
     from brian2 import ms, mV
 
     rng = np.random.default_rng(3)
-    n_in, n, steps, dt = 20, 3, 300, 0.5
+    n_in, n, steps, step_ms = 20, 3, 300, 0.5  # (not `dt`: Brian2 would see it in the namespace)
     pairs = sorted({(int(s), int(i)) for i in range(n_in) for s in np.flatnonzero(rng.random(steps) < 0.12)})
     w0 = rng.uniform(0.1, 0.5, (n_in, n))
     delays = rng.integers(0, max_delay_steps, (n_in, n)) if max_delay_steps else np.zeros((n_in, n), np.int64)
 
     b2.start_scope()
     b2.prefs.codegen.target = "numpy"
-    b2.defaultclock.dt = dt * ms
+    b2.defaultclock.dt = step_ms * ms
     exc = b2.NeuronGroup(n, """dv/dt = ((-65*mV - v) + ge*(0*mV - v) + gi*(-100*mV - v)) / (100*ms) : volt
                                dge/dt = -ge/(1*ms) : 1
                                dgi/dt = -gi/(2*ms) : 1
@@ -165,7 +165,7 @@ def test_network_and_learning_match_brian2(max_delay_steps):
                                dgi/dt = -gi/(2*ms) : 1""",
                          threshold="v > -40*mV", reset="v = -45*mV", refractory=2 * ms, method="euler")
     exc.v, exc.theta, inh.v = -65 * mV, 20 * mV, -60 * mV
-    source = b2.SpikeGeneratorGroup(n_in, [p[1] for p in pairs], [p[0] * dt for p in pairs] * ms)
+    source = b2.SpikeGeneratorGroup(n_in, [p[1] for p in pairs], [p[0] * step_ms for p in pairs] * ms)
     # the pre trace exp(-(t - last arrival)/20 ms), read by the post pathway, which runs first (order -2): it
     # sees the arrivals before this step only, as in the original
     learn = b2.Synapses(source, exc, """w : 1
@@ -176,17 +176,17 @@ def test_network_and_learning_match_brian2(max_delay_steps):
     learn.post.order = -2
     learn.last = -1e6 * ms
     learn.w = w0[learn.i[:], learn.j[:]]
-    learn.delay = delays[learn.i[:], learn.j[:]] * dt * ms
+    learn.delay = delays[learn.i[:], learn.j[:]] * step_ms * ms
     to_inh = b2.Synapses(exc, inh, on_pre="ge_post += 10.4")
     to_inh.connect(j="i")
     to_exc = b2.Synapses(inh, exc, on_pre="gi_post += 17.0")
     to_exc.connect(condition="i != j")
     exc_spikes, inh_spikes = b2.SpikeMonitor(exc), b2.SpikeMonitor(inh)
-    b2.run(steps * dt * ms)
+    b2.run(steps * step_ms * ms)
 
-    brian_exc = sorted(zip(np.round(exc_spikes.t / ms / dt).astype(int).tolist(), exc_spikes.i[:].tolist(),
+    brian_exc = sorted(zip(np.round(exc_spikes.t / ms / step_ms).astype(int).tolist(), exc_spikes.i[:].tolist(),
                            strict=True))
-    brian_inh = sorted(zip(np.round(inh_spikes.t / ms / dt).astype(int).tolist(), inh_spikes.i[:].tolist(),
+    brian_inh = sorted(zip(np.round(inh_spikes.t / ms / step_ms).astype(int).tolist(), inh_spikes.i[:].tolist(),
                            strict=True))
     arrivals = {(s + int(delays[i, j]), j) for s, i in pairs for j in range(n)}
     assert len(brian_exc) >= 6 and len(brian_inh) >= 3, "the case must exercise learning and inhibition"

@@ -198,8 +198,13 @@ def _kernel(model, currents, params, state, membrane_out, synaptic_out, scratch)
     events = scratch.get("events")
     if events is None or not events.fits(steps, n):
         events = scratch["events"] = kernels.Events(steps, n)
-    kernels.set_threads(torch.get_num_threads())
-    found, state = kernels.run_chunk(model, currents, params, state, membrane_out, synaptic_out, events)
+    threads = torch.get_num_threads()
+    kernels.set_threads(threads)
+    try:
+        found, state = kernels.run_chunk(model, currents, params, state, membrane_out, synaptic_out, events)
+    finally:  # numba's OpenMP layer sets the process's OpenMP thread count, which is torch's too
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
     return Trace(None, membrane_out, state, torch.from_numpy(found))
 
 
