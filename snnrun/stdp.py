@@ -211,10 +211,11 @@ def train_stdp(cfg: STDPConfig, folder: Path, callbacks: Callbacks | None = None
         epoch, block, history, seconds = 0, 0, [], 0.0
         recent_counts, recent_labels = np.zeros((0, n), np.int32), np.zeros(0, np.int64)
 
-    def checkpoint(position: tuple[int, int]) -> None:
+    def checkpoint(position: tuple[int, int], running: float = 0.0) -> None:
+        """last.pt at `position` (epoch, block); `running`: seconds of the epoch not yet in `seconds`."""
         _save(checkpoints / "last.pt", {
             "network": _network_state(state), "position": torch.tensor(position), "history": history,
-            "train_seconds": seconds, "recent_counts": torch.from_numpy(recent_counts.astype(np.int16)),
+            "train_seconds": seconds + running, "recent_counts": torch.from_numpy(recent_counts.astype(np.int16)),
             "recent_labels": torch.from_numpy(recent_labels), "config": config_to_dict(cfg)})
 
     while epoch < t.epochs:
@@ -245,7 +246,7 @@ def train_stdp(cfg: STDPConfig, folder: Path, callbacks: Callbacks | None = None
             cb.batch_done({"spikes_per_image": record["spikes_per_image"], "accuracy": record.get("train_accuracy"),
                            "samples_per_s": record["samples_per_s"]})
             if (b + 1) * CHUNK % t.checkpoint_every < CHUNK and b + 1 < blocks:
-                checkpoint((epoch, b + 1))
+                checkpoint((epoch, b + 1), time.perf_counter() - started)
         seconds += time.perf_counter() - started
         epoch, block = epoch + 1, 0
         checkpoint((epoch, 0))
