@@ -485,7 +485,7 @@ def _train_stdp(cfg: STDPConfig, out: Path, callbacks: Callbacks, resume: Path |
     history = summary.pop("history")
     write_text(folder / "metrics.jsonl", "".join(json.dumps(record) + "\n" for record in history))
     write_csv(folder / "metrics.csv", [flatten(record) for record in history])
-    skipped = _plot_stdp(cfg, folder, history, summary, callbacks.should_stop)
+    skipped = _plot_stdp(cfg, folder, history, summary, (data[2][0], int(data[3][0])), callbacks.should_stop)
     accuracy = f"test accuracy {100 * summary['test_accuracy']:.2f} %"
     if skipped:
         with open(folder / "run.log", "a", encoding="utf-8") as log:
@@ -499,9 +499,10 @@ def _train_stdp(cfg: STDPConfig, out: Path, callbacks: Callbacks, resume: Path |
     return TrainingRun(folder, cfg, summary)
 
 
-def _plot_stdp(cfg: STDPConfig, folder: Path, history: list[dict], summary: dict,
+def _plot_stdp(cfg: STDPConfig, folder: Path, history: list[dict], summary: dict, first: tuple[np.ndarray, int],
                should_stop: Callable[[], bool]) -> list[str]:
-    """The paper's figure of learned weights, theta, assignments per class, accuracy over training, confusion."""
+    """The paper's figure of learned weights, theta, assignments per class, accuracy over training, confusion,
+    and the spikes for `first` (the first test image and its label)."""
     trained = stdp.load_trained(folder / "checkpoints" / "best.pt")
     title = f"{cfg.name}: {cfg.stdp.excitatory_neurons} excitatory neurons"
     accuracy = f"test accuracy {100 * summary['test_accuracy']:.2f} %"
@@ -512,18 +513,16 @@ def _plot_stdp(cfg: STDPConfig, folder: Path, history: list[dict], summary: dict
             ("assignments.png", lambda: plots.assignments(trained.assignments, folder / "assignments.png", title)),
             ("confusion.png", lambda: plots.confusion(np.asarray(summary["confusion"]), folder / "confusion.png",
                                                       f"{folder.name}: {accuracy}")),
-            ("raster.png", lambda: _stdp_raster(cfg, trained, folder / "raster.png"))]
+            ("raster.png", lambda: _stdp_raster(cfg, trained, *first, folder / "raster.png"))]
     return plots.draw_in_turn(jobs, should_stop)
 
 
-def _stdp_raster(cfg: STDPConfig, trained, path: Path) -> None:
-    """raster.png: the input, excitatory and inhibitory spikes of the frozen network for the first test digit."""
-    _, _, images, labels = stdp.load_data(replace(cfg, train=replace(cfg.train, subset=replace(
-        cfg.train.subset, test=1))))
-    spikes = stdp.digit_spikes(cfg, trained, images[0], cfg.train.seed)
+def _stdp_raster(cfg: STDPConfig, trained, image: np.ndarray, label: int, path: Path) -> None:
+    """raster.png: the input, excitatory and inhibitory spikes of the frozen network for one image."""
+    spikes = stdp.digit_spikes(cfg, trained, image, cfg.train.seed)
     plots.network_raster([spikes["input"], spikes["excitatory"], spikes["inhibitory"]],
-                         ["input", "excitatory", "inhibitory"], images[0].reshape(28, 28), int(labels[0]),
-                         spikes["predicted"], path, f"time step ({cfg.stdp.input.dt_ms} ms)")
+                         ["input", "excitatory", "inhibitory"], image.reshape(28, 28), label, spikes["predicted"],
+                         path, f"time step ({cfg.stdp.input.dt_ms} ms)")
 
 
 def _tensorboard_log(cfg: TrainConfig, folder: Path, device, splits) -> TensorBoardLog:
