@@ -223,6 +223,9 @@ def train(
     from snnrun.training import Callbacks, TrainingDiverged, TrainingInterrupted
 
     if tensorboard and resume is None:
+        if _learns_by_stdp(config, set_ or []):
+            raise ConfigError("not allowed for learning: stdp (it writes no TensorBoard logs; metrics.jsonl, "
+                              "curves.png and the other plots hold its record)", source="--tensorboard")
         set_ = [*(set_ or []), "tensorboard=true"]
     notes: list[str] = []
     if epochs is not None:
@@ -298,6 +301,20 @@ def train(
         return
     out.print(_training_table(run))
     print(run.folder, flush=True)
+
+
+def _learns_by_stdp(config: Path | None, overrides: list[str]) -> bool:
+    """Whether the config file (or a --set) says learning: stdp; a file that cannot be read says no (loading it
+    reports the problem)."""
+    from snnrun.config import config_path, load_yaml
+
+    if any(item.replace(" ", "") == "learning=stdp" for item in overrides):
+        return True
+    try:
+        data = load_yaml(config_path(config)) if config is not None else None
+    except UserError:
+        return False
+    return isinstance(data, dict) and data.get("learning") == "stdp"
 
 
 class StopFlag:

@@ -292,6 +292,8 @@ def test_train_eval_and_plots_through_the_cli(in_tmp):
     (["--set", "stdp.input.duration_ms=350.2"], "stdp.input.duration_ms"),
     (["--set", "model.hidden=[100]"], "model"),
     (["--device", "cuda"], "device"),
+    (["--tensorboard"], "--tensorboard"),
+    (["--nproc", "2"], "--nproc"),
 ])
 def test_config_errors_name_the_key(in_tmp, change, key):
     result = CliRunner().invoke(app, ["train", "configs/stdp_mnist.yaml", *change])
