@@ -23,9 +23,8 @@ import torch
 
 from snnrun.data import load_images
 from snnrun.neurons.conductance import conductance_keep, refractory_steps
-from snnrun.runs import write_atomically
 from snnrun.schema import STDPConfig, config_to_dict
-from snnrun.training import Callbacks, CheckpointError, TrainingInterrupted, read_checkpoint
+from snnrun.training import Callbacks, CheckpointError, TrainingInterrupted, read_checkpoint, save_checkpoint
 
 CHUNK = 250  # images per call of the compiled loop: a stop (Ctrl-C) is heard and progress drawn between chunks
 RESUME_KEYS = ("network", "position", "history", "train_seconds")
@@ -66,22 +65,19 @@ def initial_weights(cfg: STDPConfig, inputs: int) -> tuple[np.ndarray, np.ndarra
 
 
 def fresh_state(cfg: STDPConfig, w: np.ndarray, theta: np.ndarray, delays: np.ndarray | None = None):
-    """The network with these weights, thresholds and delays (in steps; None: none) at rest: membranes at v_start,
-    no conductance, no trace."""
-    from snnrun.stdp_kernel import NEVER, State
+    """The network with these weights, thresholds and delays (in steps; None: none) at rest (`rested`)."""
+    from snnrun.stdp_kernel import State
 
-    n_in, n = w.shape
-    e, i = cfg.stdp.excitatory, cfg.stdp.inhibitory
-    never = lambda *shape: np.full(shape, NEVER, np.int64)  # noqa: E731
-    delays = np.zeros((n_in, n), np.int64) if delays is None else np.asarray(delays, np.int64)
+    delays = np.zeros(w.shape, np.int64) if delays is None else np.asarray(delays, np.int64)
     order = np.argsort(delays, axis=1, kind="stable")
     top = int(delays.max()) if delays.size else 0
     start = np.stack([np.searchsorted(row, np.arange(top + 2)) for row in np.take_along_axis(delays, order, 1)])
-    return State(np.ascontiguousarray(w, dtype=np.float64), np.array(theta, dtype=np.float64),
-                 np.full(n, e.v_start_mv), np.zeros(n), np.zeros(n), never(n),
-                 np.full(n, i.v_start_mv), np.zeros(n), np.zeros(n), never(n),
-                 np.zeros(n), np.zeros(n), never(n_in, n), order.astype(np.int64), start.astype(np.int64),
-                 np.zeros(1, np.int64))
+    unset = np.zeros(0)
+    static = State(w=np.ascontiguousarray(w, dtype=np.float64), theta=np.array(theta, dtype=np.float64),
+                   v_e=unset, ge_e=unset, gi_e=unset, last_e=unset, v_i=unset, ge_i=unset, gi_i=unset, last_i=unset,
+                   post1=unset, post2=unset, last_arrival=unset, delay_order=order.astype(np.int64),
+                   delay_start=start.astype(np.int64), clock=unset)
+    return rested(cfg, static)
 
 
 def run_block(state, cfg: STDPConfig, images: np.ndarray, learn: bool, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -171,10 +167,6 @@ def load_data(cfg: STDPConfig):
     return (*flat(train, sub.train), *flat(test, sub.test))
 
 
-def _save(path: Path, state: dict) -> None:
-    write_atomically(path, lambda handle: torch.save(state, handle))
-
-
 def _network_state(state) -> dict:
     return {name: torch.from_numpy(np.array(value)) for name, value in state._asdict().items()}
 
@@ -213,7 +205,7 @@ def train_stdp(cfg: STDPConfig, folder: Path, callbacks: Callbacks | None = None
 
     def checkpoint(position: tuple[int, int], running: float = 0.0) -> None:
         """last.pt at `position` (epoch, block); `running`: seconds of the epoch not yet in `seconds`."""
-        _save(checkpoints / "last.pt", {
+        save_checkpoint(checkpoints / "last.pt", {
             "network": _network_state(state), "position": torch.tensor(position), "history": history,
             "train_seconds": seconds + running, "recent_counts": torch.from_numpy(recent_counts.astype(np.int16)),
             "recent_labels": torch.from_numpy(recent_labels), "config": config_to_dict(cfg)})
@@ -258,7 +250,7 @@ def train_stdp(cfg: STDPConfig, folder: Path, callbacks: Callbacks | None = None
     labelled = frozen_responses(cfg, trained, x_train[:t.label_images], phase=1, should_stop=cb.should_stop)
     trained.assignments = assign(labelled, y_train[:t.label_images], classes)
     label_seconds = time.perf_counter() - started
-    _save(checkpoints / "best.pt", {**trained.state_dict(), "epoch": epoch})
+    save_checkpoint(checkpoints / "best.pt", {**trained.state_dict(), "epoch": epoch})
     started = time.perf_counter()
     result = score(cfg, trained, x_test, y_test, should_stop=cb.should_stop)
     return {"test_accuracy": result["accuracy"], "train_seconds": seconds, "label_seconds": label_seconds,
@@ -299,11 +291,12 @@ def frozen_responses(cfg: STDPConfig, trained: Trained, images: np.ndarray, phas
 
 
 def rested(cfg: STDPConfig, state):
-    """A copy of a state at rest that shares its weights, thresholds and delays."""
-    n = state.v_e.shape[0]
-    e, i = cfg.stdp.excitatory, cfg.stdp.inhibitory
+    """A copy of a state at rest that shares its weights, thresholds and delays: membranes at v_start, no
+    conductance, no trace, no spike yet, the clock at 0."""
     from snnrun.stdp_kernel import NEVER
 
+    n = state.w.shape[1]
+    e, i = cfg.stdp.excitatory, cfg.stdp.inhibitory
     return state._replace(v_e=np.full(n, e.v_start_mv), ge_e=np.zeros(n), gi_e=np.zeros(n),
                           last_e=np.full(n, NEVER, np.int64), v_i=np.full(n, i.v_start_mv), ge_i=np.zeros(n),
                           gi_i=np.zeros(n), last_i=np.full(n, NEVER, np.int64), post1=np.zeros(n),
