@@ -144,27 +144,30 @@ def _needs_split(st, c):
 
 
 @njit(inline="always", **_OPTIONS)
+def _population(v, ge, gi, last, g, split, v_rest, e_exc, e_inh, dt_tau, clamp, refractory, ge_keep, gi_keep):
+    """Step 1 for one neuron of either population: (membrane, ge, gi) after it (the membrane held while refractory
+    if clamp). Values in, values out: the loop over neurons stays vectorised."""
+    if split:
+        new = _membrane(v, ge, gi, v_rest, e_exc, e_inh, dt_tau)
+    else:
+        new = _euler(v, ge, gi, v_rest, e_exc, e_inh, dt_tau)
+    if clamp and g - last < refractory:
+        new = v
+    return new, _decay(ge, ge_keep), _decay(gi, gi_keep)
+
+
+@njit(inline="always", **_OPTIONS)
 def _update(st, c, g, split):
     """Step 1 for every neuron: membranes, conductances, post traces (theta apart)."""
     for j in range(st.v_e.shape[0]):
-        if split:
-            v = _membrane(st.v_e[j], st.ge_e[j], st.gi_e[j], c.e_rest, c.e_exc, c.e_inh, c.e_dt_tau)
-        else:
-            v = _euler(st.v_e[j], st.ge_e[j], st.gi_e[j], c.e_rest, c.e_exc, c.e_inh, c.e_dt_tau)
-        if not c.e_clamp or g - st.last_e[j] >= c.e_refractory:
-            st.v_e[j] = v
-        st.ge_e[j] = _decay(st.ge_e[j], c.e_ge_keep)
-        st.gi_e[j] = _decay(st.gi_e[j], c.e_gi_keep)
+        st.v_e[j], st.ge_e[j], st.gi_e[j] = _population(
+            st.v_e[j], st.ge_e[j], st.gi_e[j], st.last_e[j], g, split, c.e_rest, c.e_exc, c.e_inh, c.e_dt_tau,
+            c.e_clamp, c.e_refractory, c.e_ge_keep, c.e_gi_keep)
+        st.v_i[j], st.ge_i[j], st.gi_i[j] = _population(
+            st.v_i[j], st.ge_i[j], st.gi_i[j], st.last_i[j], g, split, c.i_rest, c.i_exc, c.i_inh, c.i_dt_tau,
+            c.i_clamp, c.i_refractory, c.i_ge_keep, c.i_gi_keep)
         st.post1[j] = _decay(st.post1[j], c.post1_keep)
         st.post2[j] = _decay(st.post2[j], c.post2_keep)
-        if split:
-            v = _membrane(st.v_i[j], st.ge_i[j], st.gi_i[j], c.i_rest, c.i_exc, c.i_inh, c.i_dt_tau)
-        else:
-            v = _euler(st.v_i[j], st.ge_i[j], st.gi_i[j], c.i_rest, c.i_exc, c.i_inh, c.i_dt_tau)
-        if not c.i_clamp or g - st.last_i[j] >= c.i_refractory:
-            st.v_i[j] = v
-        st.ge_i[j] = _decay(st.ge_i[j], c.i_ge_keep)
-        st.gi_i[j] = _decay(st.gi_i[j], c.i_gi_keep)
 
 
 @njit(**_OPTIONS)
