@@ -708,6 +708,11 @@ def receptive_fields(w: np.ndarray, path: Path, title: str = "", side: int = 28)
     return _save(fig, path)
 
 
+def _thousands(x: float, _position=None) -> str:
+    """A count for an axis: 500, 2.5k, 180k."""
+    return f"{x / 1000:g}k" if abs(x) >= 1000 else f"{x:g}"
+
+
 def stdp_curves(history: list[dict], path: Path, title: str = "") -> Path:
     """Over the training images: the running accuracy (each block classified with the assignments of the images
     before it), the excitatory spikes per image and the mean adaptive threshold theta."""
@@ -724,6 +729,8 @@ def stdp_curves(history: list[dict], path: Path, title: str = "") -> Path:
     ax_t.set_ylabel("mean theta (mV)")
     for ax in (ax_a, ax_s, ax_t):
         ax.set_xlabel("training images presented")
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
+        ax.xaxis.set_major_formatter(FuncFormatter(_thousands))  # 180k, not 180000 run into its neighbours
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)

@@ -209,6 +209,18 @@ def test_training_curves_of_one_epoch_tick_whole_epochs_only(figures):
         assert ticks == [1.0]
 
 
+def test_stdp_curves_of_three_passes_label_at_most_seven_ticks_in_thousands(figures):
+    history = [{"images": n, "train_accuracy": 0.8, "spikes_per_image": 8.0, "theta_mean_mv": 40.0}
+               for n in range(250, 180_001, 250)]
+    plots.stdp_curves(history, Path("unused.png"))
+    (fig,) = figures
+    fig.canvas.draw()
+    for ax in fig.axes:
+        low, high = ax.get_xlim()
+        labels = [tick.get_text() for tick in ax.get_xticklabels() if low <= tick.get_position()[0] <= high]
+        assert 3 <= len(labels) <= 7 and "160k" in labels  # 180000 written out would run into its neighbours
+
+
 def test_output_membrane_has_a_title_naming_the_digit(figures):
     plots.output_membrane(np.zeros((25, 10)), 1.0, 7, Path("unused.png"), predicted=2)
     (fig,) = figures
